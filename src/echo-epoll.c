@@ -64,6 +64,7 @@ struct chunk {
 #define C_CLOSE		0x04	/* close once the output is flushed */
 #define C_LINGER	0x08	/* output done, discarding input until EOF */
 #define C_DEAD		0x10	/* closed; freed after the current batch */
+#define C_DOOMED	0x20	/* to be closed once the current event is done */
 
 struct conn {
 	int		 fd;
@@ -74,6 +75,7 @@ struct conn {
 	int64_t		 last;		/* last activity, for -t and linger */
 	struct conn	*prev, *next;	/* on the LRU (or linger) list */
 	struct conn	*dead_next;
+	struct conn	*doom_next;
 	struct svc_sink	 sink;
 	char		*peer;		/* only when the service or -v wants it */
 	uint64_t	 state[];	/* the service's per-connection state */
@@ -97,12 +99,13 @@ struct loop {
 	int		 nconns;
 	struct clist	 live, linger;
 	struct conn	*dead;
+	struct conn	*doomed;
 	uint8_t		*rbuf;
 	/* Sentinels: epoll_data for the non-connection descriptors. */
 	char		 tag_listen, tag_signal;
 };
 
-static void conn_close(struct loop *, struct conn *);
+static void conn_doom(struct loop *, struct conn *);
 
 static void
 clist_remove(struct clist *l, struct conn *c)
@@ -150,7 +153,7 @@ set_events(struct loop *lp, struct conn *c, uint32_t ev)
 		return;
 	if (epoll_ctl(lp->ep, EPOLL_CTL_MOD, c->fd, &e) < 0) {
 		srv_warn(lp->srv, "epoll_ctl: %s", strerror(errno));
-		conn_close(lp, c);
+		conn_doom(lp, c);
 		return;
 	}
 	c->events = ev;
@@ -162,7 +165,7 @@ update_events(struct loop *lp, struct conn *c)
 {
 	uint32_t ev = 0;
 
-	if (c->flags & C_DEAD)
+	if (c->flags & (C_DEAD | C_DOOMED))
 		return;
 	if (!(c->flags & (C_EOF | C_PAUSED | C_CLOSE)) || (c->flags & C_LINGER))
 		ev |= EPOLLIN | EPOLLRDHUP;
@@ -204,6 +207,34 @@ conn_close(struct loop *lp, struct conn *c)
 	lp->dead = c;
 	lp->nconns--;
 	srv_debug(lp->srv, "close %s", c->peer ? c->peer : "");
+}
+
+/*
+ * A connection that fails while we are busy with another one (a write
+ * error, or a broadcast recipient that stopped reading) is not closed on
+ * the spot: closing runs the service's close hook, which may broadcast in
+ * turn, and would unlink connections from the list the caller is walking.
+ * It is doomed instead, and closed when the current event is done.
+ */
+static void
+conn_doom(struct loop *lp, struct conn *c)
+{
+	if (c->flags & (C_DEAD | C_DOOMED))
+		return;
+	c->flags |= C_DOOMED;
+	c->doom_next = lp->doomed;
+	lp->doomed = c;
+}
+
+static void
+close_doomed(struct loop *lp)
+{
+	struct conn *c;
+
+	while ((c = lp->doomed) != NULL) {
+		lp->doomed = c->doom_next;
+		conn_close(lp, c);
+	}
 }
 
 static void
@@ -341,7 +372,7 @@ conn_send(struct loop *lp, struct conn *c, const uint8_t *buf, size_t len)
 {
 	ssize_t n = 0;
 
-	if (c->flags & (C_DEAD | C_LINGER))
+	if (c->flags & (C_DEAD | C_DOOMED | C_LINGER))
 		return -EPIPE;
 	if (c->pending == 0) {
 		do
@@ -351,7 +382,7 @@ conn_send(struct loop *lp, struct conn *c, const uint8_t *buf, size_t len)
 			if (errno != EAGAIN) {
 				if (!is_reset(errno))
 					srv_debug(lp->srv, "write: %s", strerror(errno));
-				conn_close(lp, c);
+				conn_doom(lp, c);
 				return -EPIPE;
 			}
 			n = 0;
@@ -361,7 +392,7 @@ conn_send(struct loop *lp, struct conn *c, const uint8_t *buf, size_t len)
 	}
 	if (enqueue(c, buf + n, len - (size_t)n) < 0) {
 		srv_warn(lp->srv, "out of memory queueing output: closing");
-		conn_close(lp, c);
+		conn_doom(lp, c);
 		return -ENOMEM;
 	}
 	return 0;
@@ -384,19 +415,18 @@ sink_reply(struct svc_sink *sink, const void *buf, size_t len)
 static int
 sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 {
-	struct conn *self = sink->conn, *c, *next;
+	struct conn *self = sink->conn, *c;
 	struct loop *lp = (struct loop *)sink->ctx;
 	size_t cap = lp->srv->svc_cfg.max_pending;
 
-	for (c = lp->live.head; c; c = next) {
-		next = c->next;
-		if (c == self || (c->flags & (C_DEAD | C_CLOSE | C_EOF)))
+	for (c = lp->live.head; c; c = c->next) {
+		if (c == self || (c->flags & (C_DOOMED | C_CLOSE | C_EOF)))
 			continue;
 		if (c->pending + len > cap) {
 			srv_log(lp->srv, "%s: %zu bytes of output pending, "
 			    "not reading: disconnected", c->peer ? c->peer : "client",
 			    c->pending);
-			conn_close(lp, c);
+			conn_doom(lp, c);
 			continue;
 		}
 		if (conn_send(lp, c, buf, len) == 0)
@@ -435,7 +465,7 @@ on_readable(struct loop *lp, struct conn *c)
 		touch(lp, c);
 		r = svc_input(s->svc, &s->svc_cfg, c->state, lp->rbuf,
 		    (size_t)n, &c->sink);
-		if (c->flags & C_DEAD)
+		if (c->flags & (C_DEAD | C_DOOMED))
 			return;
 		if (r < 0) {
 			c->flags |= C_CLOSE;
@@ -577,12 +607,10 @@ on_accept(struct loop *lp)
 			continue;
 		}
 		srv_debug(s, "open %s", c->peer ? c->peer : "");
-		if (svc_open(s->svc, &s->svc_cfg, c->state, &c->sink) < 0 ||
-		    (c->flags & C_DEAD)) {
-			conn_close(lp, c);
-			continue;
-		}
+		if (svc_open(s->svc, &s->svc_cfg, c->state, &c->sink) < 0)
+			conn_doom(lp, c);
 		update_events(lp, c);
+		close_doomed(lp);
 	}
 }
 
@@ -686,6 +714,7 @@ run_loop(struct srv *s, int lfd, int sfd)
 
 	while (!lp.stopping || lp.nconns > 0) {
 		timeout = expire(&lp);
+		close_doomed(&lp);
 		reap_dead(&lp);
 		if (lp.stopping && lp.nconns == 0)
 			break;
@@ -707,6 +736,7 @@ run_loop(struct srv *s, int lfd, int sfd)
 			}
 			if (p == &lp.tag_signal) {
 				on_signal(&lp);
+				close_doomed(&lp);
 				continue;
 			}
 			if (c->flags & C_DEAD)
@@ -723,6 +753,7 @@ run_loop(struct srv *s, int lfd, int sfd)
 				continue;
 			if (ev[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
 				on_readable(&lp, c);
+			close_doomed(&lp);
 		}
 		if (!lp.accepting && !lp.stopping &&
 		    (!s->max_conns || lp.nconns < s->max_conns))
