@@ -1,0 +1,431 @@
+#!/usr/bin/env bats
+# The conformance suite: what every server must do (DESIGN.md, "Behaviour
+# every server must have"), run once per server configuration.
+#
+# A configuration is a small bash file in tests/conformance/, listed in
+# CONFORMANCE in Makefile.am; `make check` runs each through this suite
+# (tests/run-bats sets IOMODELS_CONF).  By hand, from the build directory:
+#	tests/run-bats tests/conformance/echo-epoll.conf
+#
+# What a configuration sets:
+#	server=(src/echo-epoll -w 2)	binary (relative to top_builddir) and
+#					arguments; required
+#	requires=(liburing)		skip, saying why, when the build or the
+#					kernel lacks it
+#	concurrent=0			serves one client at a time (iterative):
+#					tests assert that a second client waits
+#	spins=1				busy-polls by design: assert it burns CPU
+#					when idle instead of asserting it does not
+#	fd_limit=1024			refuses connections whose descriptor is
+#					>= fd_limit (select's FD_SETSIZE): asserted
+#	scale=N				divide heavy loads by N (slow models)
+#
+# Model limits are asserted, never skipped: a model that cannot do
+# something must do the documented other thing instead.
+
+bats_require_minimum_version 1.5.0
+
+setup_file() {
+	: "${IOMODELS_CONF:?IOMODELS_CONF is not set: run through tests/run-bats FILE.conf}"
+	load helpers/common
+	load_conf
+	export CONF_SKIP=
+	local r
+	for r in "${requires[@]}"; do
+		case $r in
+		liburing)
+			if [[ ${HAVE_LIBURING:-yes} != yes ]]; then
+				CONF_SKIP="built --without-liburing"
+			elif [[ $(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0) == 2 ]]; then
+				CONF_SKIP="io_uring disabled by kernel.io_uring_disabled=2"
+			fi
+			;;
+		*)
+			CONF_SKIP="unknown requirement '$r' in ${IOMODELS_CONF##*/}"
+			;;
+		esac
+	done
+	if [[ -z $CONF_SKIP && ! -x $top_builddir/${server[0]} ]]; then
+		echo "${server[0]} is not built in $top_builddir" >&2
+		return 1
+	fi
+	# The completion model exits 69 when the kernel refuses io_uring
+	# (seccomp, a container, io_uring_disabled=1): that is a skip, not a
+	# failure.  Probe by starting it once.
+	if [[ -z $CONF_SKIP && " ${requires[*]} " == *" liburing "* ]]; then
+		probe_unavailable
+	fi
+}
+
+# Start the server once; if it exits 69 before it is ready, record why.
+probe_unavailable() {
+	local log=$BATS_FILE_TMPDIR/probe.log pid st=0 i
+	"$top_builddir/${server[0]}" "${server[@]:1}" -p 0 </dev/null >/dev/null 2>"$log" 3>&- &
+	pid=$!
+	for ((i = 0; i < 500; i++)); do
+		grep -q ': listening on ' "$log" && break
+		proc_alive "$pid" || break
+		sleep 0.02
+	done
+	kill -TERM "$pid" 2>/dev/null || true
+	wait "$pid" || st=$?
+	if ((st == 69)); then
+		CONF_SKIP="unavailable here: $(head -n1 "$log")"
+	fi
+}
+
+load_conf() {
+	server=() requires=() concurrent=1 spins=0 fd_limit=0 scale=1
+	# shellcheck disable=SC1090
+	source "$IOMODELS_CONF"
+	((${#server[@]} > 0)) || {
+		echo "${IOMODELS_CONF}: no server=(...) line" >&2
+		return 1
+	}
+	SERVER_CMD=("$top_builddir/${server[0]}" "${server[@]:1}")
+	NAME=${server[0]##*/}
+}
+
+setup() {
+	load helpers/common
+	load_conf
+	[[ -z ${CONF_SKIP:-} ]] || skip "$CONF_SKIP"
+}
+
+teardown() {
+	cleanup_processes
+}
+
+# A plain run of the server binary with a bounded time: a bad command line
+# must exit at once, and one that wrongly starts a server is stopped.
+run_server_cmd() {
+	run --separate-stderr without_fd3 timeout -k 2 5 "${SERVER_CMD[@]}" "$@"
+}
+
+# ---- the command line --------------------------------------------------------
+
+@test "--help and --version print on stdout and exit 0" {
+	run_server_cmd --help
+	assert_success
+	assert_output --partial "usage: $NAME"
+	[[ -z $stderr ]] || fail "--help wrote to stderr: $stderr"
+	run_server_cmd --version
+	assert_success
+	assert_output --partial "$NAME"
+	[[ $output =~ [0-9]+\.[0-9]+ ]] || fail "no version number in: $output"
+	[[ -z $stderr ]] || fail "--version wrote to stderr: $stderr"
+}
+
+@test "bad command lines exit 64 with a one-line reason" {
+	local -a bad=("--no-such-option" "-p 99999" "-p abc" "-p -1" "-w 0"
+		"-s nosuch" "-b abc" "-l not-an-address" "extra-argument")
+	local args
+	for args in "${bad[@]}"; do
+		# -p 0 first: a server that wrongly starts takes no fixed port.
+		# shellcheck disable=SC2086
+		run_server_cmd -p 0 $args
+		((status == 64)) || fail "'$NAME $args': exit $status, want 64
+stdout: $output
+stderr: $stderr"
+		[[ ${stderr%%$'\n'*} == "$NAME: "* ]] ||
+			fail "'$NAME $args': first line is not '$NAME: reason': $stderr"
+		[[ -z $output ]] || fail "'$NAME $args' wrote to stdout: $output"
+	done
+}
+
+@test "readiness line names the program, the address and the service" {
+	start_server -s upper
+	[[ $SRV_ADDR =~ ^127\.0\.0\.1:[0-9]+$ ]] || fail "address '$SRV_ADDR'"
+	[[ ${SRV_ADDR##*:} != 0 ]] || fail "port 0 in the readiness line: the bound port is wanted"
+	assert_equal "$SRV_SERVICE" upper
+	stop_server
+}
+
+@test "an address in use: exit 69 with the address in the message" {
+	start_server
+	local port=${SRV_ADDR##*:}
+	run_server_cmd -p "$port"
+	((status == 69)) || fail "second server on $SRV_ADDR: exit $status, want 69
+stderr: $stderr"
+	[[ $stderr == *"127.0.0.1:$port"* ]] || fail "message lacks the address 127.0.0.1:$port: $stderr"
+	[[ $stderr == *[Aa]ddress* ]] || fail "message does not say what is wrong: $stderr"
+	# The first server is unharmed.
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+# ---- bytes come back exactly -------------------------------------------------
+
+@test "echo: text comes back exactly" {
+	start_server
+	run iotest echo -d $'hello, world\r\nsecond line\n\tand a tab\n' "$SRV_ADDR"
+	assert_success
+	run iotest echo -d "x" "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "echo: all 256 byte values come back exactly" {
+	local f=$BATS_TEST_TMPDIR/bytes i
+	for ((i = 0; i < 256; i++)); do
+		printf "\\$(printf '%03o' "$i")"
+	done >"$f"
+	cat "$f" "$f" "$f" >"$f.3"
+	[[ $(stat -c %s "$f.3") == 768 ]] || fail "test data is $(stat -c %s "$f.3") bytes, not 768"
+	start_server
+	run iotest echo -f "$f.3" "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "the upper service upper-cases ASCII letters only" {
+	start_server -s upper
+	run iotest echo -U -d $'Hello, World! 123 \xc3\xa9 zZ\n' "$SRV_ADDR"
+	assert_success
+	run iotest stream -U -s 1m "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "a 16 MiB full-duplex stream of random binary comes back intact" {
+	start_server
+	run iotest stream -s $((16 / scale))m "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "short writes: a tiny client receive buffer, 4 MiB intact" {
+	start_server
+	# A 2 KiB receive window makes the server's sends come up short.
+	run iotest stream -r 2048 -s $((4 / scale))m "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "20,000 pipelined messages come back in order" {
+	start_server
+	run iotest pipeline -n $((20000 / scale)) -s 512 "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "300 concurrent clients with random sizes, no cross-talk" {
+	start_server
+	if ((concurrent)); then
+		run iotest concurrent -n $((300 / scale)) -s 128k "$SRV_ADDR"
+	else
+		# One at a time: they queue in the backlog and are served in turn.
+		run iotest concurrent -n 20 -s 16k "$SRV_ADDR"
+	fi
+	assert_success
+	stop_server
+}
+
+@test "half-close: all the echo, then EOF" {
+	start_server
+	run iotest halfclose -s 100 "$SRV_ADDR"
+	assert_success
+	run iotest halfclose -s 4m "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "roundtrips: 20 connections x 200 round trips verified" {
+	start_server
+	if ((concurrent)); then
+		run iotest roundtrip -n 20 -m 200 "$SRV_ADDR"
+	else
+		run iotest roundtrip -n 1 -m 2000 "$SRV_ADDR"
+	fi
+	assert_success
+	stop_server
+}
+
+# ---- failures cost only their own connection ---------------------------------
+
+@test "a storm of connections reset mid-stream; the server still serves" {
+	start_server
+	run iotest resetstorm -n 200 -s 1m "$SRV_ADDR"
+	assert_success
+	proc_alive "$SRV_PID" || fail "the server died; log: $(cat "$SRV_LOG")"
+	run iotest stream -s 1m "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "slow reader: server memory stays bounded, other clients served" {
+	start_server
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	local rss0 rss1 out=$BATS_TEST_TMPDIR/slow pid
+	rss0=$(group_rss_kb "$SRV_PID")
+	bg_iotest "$out" slowreader -h 60 "$SRV_ADDR"
+	pid=$BG_PID
+	wait_line "$out" '^blocked [0-9]+' 60 "$pid" >/dev/null
+	rss1=$(group_rss_kb "$SRV_PID")
+	echo "# rss ${rss0} KiB -> ${rss1} KiB; $(cat "$out")" >&3
+	((rss1 - rss0 < 64 * 1024)) ||
+		fail "server RSS grew by $(((rss1 - rss0) / 1024)) MiB behind a slow reader ($(cat "$out"))"
+	if ((concurrent)); then
+		run iotest echo -T 10 "$SRV_ADDR"
+		assert_success
+	else
+		# Documented: the only client being served is the slow one.
+		run iotest echo -T 2 "$SRV_ADDR"
+		assert_failure
+		assert_output --partial "timed out"
+	fi
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "slow reader after release: $(cat "$out" "$out.err")"
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "2,000 idle connections while a new client is served" {
+	ulimit -n 8192
+	start_server
+	local out=$BATS_TEST_TMPDIR/idle pid n=2000 line
+	((concurrent)) || n=1
+	if ((fd_limit)); then
+		bg_iotest "$out" idle -k -P 5000 -n "$n" "$SRV_ADDR"
+	else
+		bg_iotest "$out" idle -n "$n" "$SRV_ADDR"
+	fi
+	pid=$BG_PID
+	line=$(wait_line "$out" '^ready' 60 "$pid")
+	echo "# $line" >&3
+	if ((fd_limit)); then
+		# Documented: descriptors past fd_limit are refused with a close.
+		[[ $line =~ served=([0-9]+)\ closed=([0-9]+)\ pending=0$ ]] ||
+			fail "unexpected idle result: $line"
+		((BASH_REMATCH[1] > fd_limit - 64 && BASH_REMATCH[1] < fd_limit)) ||
+			fail "served ${BASH_REMATCH[1]} with fd_limit $fd_limit: $line"
+		run iotest echo -T 10 "$SRV_ADDR"
+		assert_failure
+		assert_output --partial "closed the connection early"
+	elif ((concurrent)); then
+		run iotest echo -T 10 "$SRV_ADDR"
+		assert_success
+	else
+		run iotest echo -T 2 "$SRV_ADDR"
+		assert_failure
+		assert_output --partial "timed out"
+	fi
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "idle clients after release: $(cat "$out" "$out.err")"
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "connection churn: 1,000 connect/echo/close, no zombies" {
+	start_server
+	run iotest churn -n $((1000 / scale)) "$SRV_ADDR"
+	assert_success
+	# Children of forking models are reaped as they go, not at exit.
+	wait_until 2 eval '(($(group_zombies "$SRV_PID") == 0))' ||
+		fail "zombies: $(group_ps "$SRV_PID")"
+	stop_server
+}
+
+@test "EMFILE under ulimit -n 64: no spinning, and recovery" {
+	SRV_NOFILE=64 start_server
+	local out=$BATS_TEST_TMPDIR/emfile pid line t0 t1 hz
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	bg_iotest "$out" idle -k -P 3000 -n 100 "$SRV_ADDR"
+	pid=$BG_PID
+	line=$(wait_line "$out" '^ready' 60 "$pid")
+	echo "# $line" >&3
+	[[ $line =~ served=([1-9][0-9]*) ]] || fail "no client served at all: $line"
+	proc_alive "$SRV_PID" || fail "the server died at EMFILE; log: $(cat "$SRV_LOG")"
+	# Measure over one second while the table is full: a server that spins
+	# on the pending connections burns that whole second.
+	hz=$(getconf CLK_TCK)
+	t0=$(group_cpu_ticks "$SRV_PID")
+	sleep 1
+	t1=$(group_cpu_ticks "$SRV_PID")
+	echo "# server CPU with a full descriptor table: $((t1 - t0)) of $hz ticks in 1 s" >&3
+	if ((!spins)); then
+		((t1 - t0 < hz / 4)) ||
+			fail "server used $((t1 - t0)) of $hz ticks in 1 s at EMFILE: it spins"
+	fi
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "served clients broken after EMFILE: $(cat "$out" "$out.err")"
+	# Descriptors are free again: a new client is served.
+	run iotest echo -T 10 "$SRV_ADDR"
+	assert_success
+	proc_alive "$SRV_PID" || fail "the server died; log: $(cat "$SRV_LOG")"
+	stop_server
+}
+
+@test "an idle server does not use CPU" {
+	start_server
+	local t0 t1 hz
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	hz=$(getconf CLK_TCK)
+	t0=$(group_cpu_ticks "$SRV_PID")
+	sleep 1
+	t1=$(group_cpu_ticks "$SRV_PID")
+	echo "# idle server CPU: $((t1 - t0)) of $hz ticks in 1 s" >&3
+	if ((spins)); then
+		# Documented: the busy-wait model burns a CPU even with nothing to do.
+		((t1 - t0 > hz / 2)) || fail "a busy-polling server used only $((t1 - t0)) ticks"
+	else
+		((t1 - t0 < hz / 20)) || fail "idle server used $((t1 - t0)) of $hz ticks in 1 s"
+	fi
+	stop_server
+}
+
+# ---- stopping ----------------------------------------------------------------
+
+@test "SIGTERM with clients connected: exit 0, clients closed, nothing left" {
+	start_server
+	local out=$BATS_TEST_TMPDIR/held pid n=50
+	((concurrent)) || n=1
+	bg_iotest "$out" idle -E -n "$n" "$SRV_ADDR"
+	pid=$BG_PID
+	wait_line "$out" '^ready' 30 "$pid" >/dev/null
+	stop_server "$SRV_PID" TERM
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "clients after the server stopped: $(cat "$out" "$out.err")"
+}
+
+@test "SIGINT stops an idle server: exit 0" {
+	start_server
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server "$SRV_PID" INT
+}
+
+# ---- addresses ---------------------------------------------------------------
+
+@test "IPv6: -l '[::1]'" {
+	grep -q '^0\{31\}1 ' /proc/net/if_inet6 2>/dev/null || skip "no ::1 on this host"
+	start_server -l '[::1]'
+	[[ $SRV_ADDR =~ ^\[::1\]:[0-9]+$ ]] || fail "address '$SRV_ADDR'"
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	run iotest stream -s 1m "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "unix socket: -l unix:PATH" {
+	local path=$BATS_TEST_TMPDIR/s
+	start_server -l "unix:$path"
+	assert_equal "$SRV_ADDR" "unix:$path"
+	[[ -S $path ]] || fail "no socket at $path"
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	if ((concurrent)); then
+		run iotest concurrent -n 50 -s 64k "$SRV_ADDR"
+	else
+		run iotest stream -s 1m "$SRV_ADDR"
+	fi
+	assert_success
+	stop_server
+}
