@@ -1,0 +1,1048 @@
+/*
+ * conn — a connection served by a blocking caller, or by a readiness
+ * loop.  See conn.h.
+ *
+ * The readiness half is the machinery of a one-thread server: output that
+ * the kernel did not take is queued per connection, a connection that
+ * queues too much is no longer read (backpressure), EOF waits for the
+ * output (half-close), an error reply is followed by a lingering close,
+ * and a connection is freed only after the batch of events that may
+ * still name it.  The model supplies how readiness is learnt.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conn.h"
+
+#define READS_PER_EVENT		16	/* then let the other connections run */
+#define ACCEPTS_PER_EVENT	64
+#define LINGER_MS		2000
+#define STOP_GRACE_MS		2000
+#define MIN_CHUNK		4096
+
+static int
+is_reset(int err)
+{
+	return err == EPIPE || err == ECONNRESET || err == ENOTCONN ||
+	    err == ETIMEDOUT;
+}
+
+/* ---- blocking ------------------------------------------------------------ */
+
+struct bconn {
+	int	fd;
+	int	werr;		/* the reply failed: no lingering close */
+};
+
+static int
+bconn_reply(struct svc_sink *sink, const void *buf, size_t len)
+{
+	struct bconn *b = sink->conn;
+	ssize_t n = net_write_all(b->fd, buf, len);
+
+	if (n == (ssize_t)len)
+		return 0;
+	b->werr = n < 0 ? (int)-n : EPIPE;
+	return -b->werr;
+}
+
+static void
+set_timeouts(int fd, int ms)
+{
+	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = ms % 1000 * 1000 };
+
+	/*
+	 * A blocking read() or write() then fails with EAGAIN after MS
+	 * without progress: the idle timeout of a model that has no loop
+	 * to keep time in.
+	 */
+	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+/*
+ * The service asked to close after its error reply.  close() with unread
+ * input sends RST, which may destroy that reply in the client's receive
+ * buffer: send FIN, and read and discard until the client closes too, for
+ * at most LINGER_MS.
+ */
+static void
+bconn_linger(int fd, uint8_t *buf, size_t size)
+{
+	int64_t end = srv_now_ms() + LINGER_MS, left;
+
+	if (shutdown(fd, SHUT_WR) < 0)
+		return;
+	while ((left = end - srv_now_ms()) > 0) {
+		set_timeouts(fd, (int)left);
+		if (net_read_some(fd, buf, size) <= 0)
+			break;
+	}
+}
+
+void
+conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
+    uint8_t *buf)
+{
+	char name[NET_ADDRSTRLEN];
+	struct bconn b = { .fd = fd };
+	struct svc_sink sink = { .reply = bconn_reply, .conn = &b };
+	void *state = NULL;
+	ssize_t n;
+	int r = 0;
+
+	(void)net_set_nodelay(fd);
+	if (s->idle_timeout > 0)
+		set_timeouts(fd, s->idle_timeout * 1000);
+	sink.peer = peer ? net_addr_str(peer, name, sizeof(name)) : "";
+	if (s->svc->state_size > 0 &&
+	    (state = calloc(1, s->svc->state_size)) == NULL) {
+		srv_warn(s, "%s: out of memory: closing", sink.peer);
+		return;
+	}
+	srv_debug(s, "open %s", sink.peer);
+	if (svc_open(s->svc, &s->svc_cfg, state, &sink) < 0)
+		goto out;
+	for (;;) {
+		n = net_read_some(fd, buf, s->bufsize);
+		if (n == 0)
+			break;
+		if (n < 0) {
+			if (n == -EAGAIN)
+				srv_debug(s, "%s idle for %d s: closing",
+				    sink.peer, s->idle_timeout);
+			else if (!is_reset((int)-n))
+				srv_debug(s, "%s: read: %s", sink.peer,
+				    strerror((int)-n));
+			break;
+		}
+		if ((r = svc_input(s->svc, &s->svc_cfg, state, buf, (size_t)n,
+		    &sink)) < 0)
+			break;
+	}
+	if (r < 0 && b.werr == 0)
+		bconn_linger(fd, buf, s->bufsize);
+	svc_close(s->svc, &s->svc_cfg, state, &sink);
+out:
+	srv_debug(s, "close %s", sink.peer);
+	free(state);
+}
+
+int
+conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
+    int *reserve)
+{
+	int fd, r;
+
+	for (;;) {
+		if (srv_stop)
+			return -EINTR;
+		fd = net_accept(lfd, peer, 0);
+		if (fd >= 0)
+			return fd;
+		if (srv_stop)
+			return -EINTR;	/* the stop handler shut the listener */
+		switch (-fd) {
+		case EMFILE:
+		case ENFILE:
+			/*
+			 * The connection stays pending and accept() fails at
+			 * once again: without shedding, a spin.
+			 */
+			r = net_accept_shed(lfd, reserve);
+			if (r > 0)
+				srv_log(s, "out of descriptors (%s): refused a "
+				    "connection", strerror(-fd));
+			else
+				(void)poll(NULL, 0, 10);
+			continue;
+		case EINVAL:
+		case EBADF:
+		case ENOTSOCK:
+		case EOPNOTSUPP:
+			return fd;
+		default:
+			/* ENOBUFS, ENOMEM, EPERM (a firewall): pass, later. */
+			srv_warn(s, "accept: %s", strerror(-fd));
+			(void)poll(NULL, 0, 10);
+		}
+	}
+}
+
+/* ---- stop signals for blocking models -------------------------------------- */
+
+/*
+ * The descriptors the stop handler shuts down.  Process-wide state, as a
+ * signal handler can reach nothing else.
+ */
+static volatile sig_atomic_t wake_fds[2] = { -1, -1 };
+
+static void
+on_wake(int sig)
+{
+	int saved = errno, fd;
+
+	(void)sig;
+	srv_stop = 1;
+	fd = wake_fds[CONN_WAKE_CONN];
+	if (fd == CONN_WAKE_EXIT)
+		_exit(SRV_EX_OK);
+	if (fd >= 0)
+		(void)shutdown(fd, SHUT_RD);
+	fd = wake_fds[CONN_WAKE_LISTENER];
+	if (fd >= 0)
+		(void)shutdown(fd, SHUT_RD);
+	errno = saved;
+}
+
+void
+conn_wake_signals(void)
+{
+	struct sigaction sa;
+
+	srv_signals_ignore_pipe();
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_wake;
+	sigemptyset(&sa.sa_mask);
+	sigaddset(&sa.sa_mask, SIGINT);
+	sigaddset(&sa.sa_mask, SIGTERM);
+	sigaddset(&sa.sa_mask, SIGHUP);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+}
+
+void
+conn_wake_set(int slot, int fd)
+{
+	wake_fds[slot] = fd;
+	/* A stop that landed before the descriptor was registered. */
+	if (srv_stop && fd >= 0)
+		(void)shutdown(fd, SHUT_RD);
+	else if (srv_stop && fd == CONN_WAKE_EXIT)
+		_exit(SRV_EX_OK);
+}
+
+/* ---- the descriptors threads are serving ----------------------------------- */
+
+int
+conn_reg_init(struct conn_reg *r)
+{
+	pthread_condattr_t ca;
+
+	memset(r, 0, sizeof(*r));
+	/* Deadlines on the monotonic clock: a clock step must not shorten them. */
+	if (pthread_condattr_init(&ca) != 0 ||
+	    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
+	    pthread_cond_init(&r->cv, &ca) != 0)
+		return -ENOMEM;
+	pthread_condattr_destroy(&ca);
+	if (pthread_mutex_init(&r->mu, NULL) != 0)
+		return -ENOMEM;
+	return 0;
+}
+
+void
+conn_reg_fini(struct conn_reg *r)
+{
+	pthread_mutex_destroy(&r->mu);
+	pthread_cond_destroy(&r->cv);
+	free(r->fds);
+}
+
+int
+conn_reg_add(struct conn_reg *r, int fd)
+{
+	int *p, err = 0;
+
+	pthread_mutex_lock(&r->mu);
+	if (r->closing)
+		err = -ESHUTDOWN;
+	else if (r->n == r->cap) {
+		p = realloc(r->fds, (r->cap ? r->cap * 2 : 64) * sizeof(*p));
+		if (p == NULL)
+			err = -ENOMEM;
+		else {
+			r->fds = p;
+			r->cap = r->cap ? r->cap * 2 : 64;
+		}
+	}
+	if (err == 0)
+		r->fds[r->n++] = fd;
+	pthread_mutex_unlock(&r->mu);
+	return err;
+}
+
+void
+conn_reg_del(struct conn_reg *r, int fd)
+{
+	size_t i;
+
+	pthread_mutex_lock(&r->mu);
+	for (i = 0; i < r->n; i++)
+		if (r->fds[i] == fd) {
+			r->fds[i] = r->fds[--r->n];
+			break;
+		}
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+size_t
+conn_reg_count(struct conn_reg *r)
+{
+	size_t n;
+
+	pthread_mutex_lock(&r->mu);
+	n = r->n;
+	pthread_mutex_unlock(&r->mu);
+	return n;
+}
+
+void
+conn_reg_wait_below(struct conn_reg *r, size_t n)
+{
+	pthread_mutex_lock(&r->mu);
+	while (r->n >= n && !srv_stop)
+		pthread_cond_wait(&r->cv, &r->mu);
+	pthread_mutex_unlock(&r->mu);
+}
+
+void
+conn_reg_wake(struct conn_reg *r)
+{
+	pthread_mutex_lock(&r->mu);
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void
+reg_shutdown(struct conn_reg *r, int how)
+{
+	size_t i;
+
+	/*
+	 * Under the lock, so a descriptor cannot be closed (and its number
+	 * reused) between being listed and being shut down: a thread
+	 * leaves the set before it closes.
+	 */
+	for (i = 0; i < r->n; i++)
+		(void)shutdown(r->fds[i], how);
+}
+
+void
+conn_reg_drain(struct conn_reg *r, int grace_ms)
+{
+	struct timespec ts;
+
+	pthread_mutex_lock(&r->mu);
+	r->closing = 1;
+	reg_shutdown(r, SHUT_RD);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += grace_ms / 1000;
+	ts.tv_nsec += (long)(grace_ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	while (r->n > 0)
+		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
+			break;
+	if (r->n > 0)
+		reg_shutdown(r, SHUT_RDWR);
+	while (r->n > 0)
+		pthread_cond_wait(&r->cv, &r->mu);
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- readiness loops -------------------------------------------------------- */
+
+/* Output not yet accepted by the kernel. */
+struct conn_chunk {
+	struct conn_chunk *next;
+	size_t		 off, len, cap;
+	uint8_t		 data[];
+};
+
+static void conn_doom(struct conn_loop *, struct conn *);
+
+static void
+list_remove(struct conn_list *l, struct conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		l->head = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	else
+		l->tail = c->prev;
+	c->prev = c->next = NULL;
+}
+
+static void
+list_append(struct conn_list *l, struct conn *c)
+{
+	c->prev = l->tail;
+	c->next = NULL;
+	if (l->tail)
+		l->tail->next = c;
+	else
+		l->head = c;
+	l->tail = c;
+}
+
+/* The live list is kept in last-activity order: O(1) touch and expiry. */
+static void
+touch(struct conn_loop *lp, struct conn *c)
+{
+	c->last = srv_now_ms();
+	if (lp->live.tail != c && !(c->flags & CONN_LINGER)) {
+		list_remove(&lp->live, c);
+		list_append(&lp->live, c);
+	}
+}
+
+unsigned
+conn_interest(const struct conn *c)
+{
+	unsigned want = 0;
+
+	if (c->flags & (CONN_DEAD | CONN_DOOMED))
+		return 0;
+	if (!(c->flags & (CONN_EOF | CONN_PAUSED | CONN_CLOSE)) ||
+	    (c->flags & CONN_LINGER))
+		want |= CONN_WANT_READ;
+	if (c->pending > 0)
+		want |= CONN_WANT_WRITE;
+	return want;
+}
+
+static void
+update(struct conn_loop *lp, struct conn *c)
+{
+	if (lp->ops->update && !(c->flags & (CONN_DEAD | CONN_DOOMED)))
+		lp->ops->update(lp, c);
+}
+
+/*
+ * Edge-style models hear of input once, when it arrives.  A connection
+ * that stopped reading with input left (a full batch, backpressure, a
+ * lingering close starting) goes on the again list, to be read without
+ * waiting for a notification that will not come.
+ */
+void
+conn_again(struct conn_loop *lp, struct conn *c)
+{
+	if (!lp->edge || (c->flags & (CONN_AGAIN | CONN_DEAD)))
+		return;
+	c->flags |= CONN_AGAIN;
+	c->again_next = lp->again;
+	lp->again = c;
+}
+
+static void
+free_chunks(struct conn *c)
+{
+	struct conn_chunk *k, *next;
+
+	for (k = c->head; k; k = next) {
+		next = k->next;
+		free(k);
+	}
+	c->head = c->tail = NULL;
+	c->pending = 0;
+}
+
+static void
+conn_close(struct conn_loop *lp, struct conn *c)
+{
+	if (c->flags & CONN_DEAD)
+		return;
+	svc_close(lp->srv->svc, &lp->srv->svc_cfg, c->state, &c->sink);
+	if (lp->ops->remove)
+		lp->ops->remove(lp, c);
+	close(c->fd);
+	c->flags |= CONN_DEAD;
+	free_chunks(c);
+	list_remove((c->flags & CONN_LINGER) ? &lp->linger : &lp->live, c);
+	/* Freed after the batch: the model's events may still name it. */
+	c->dead_next = lp->dead;
+	lp->dead = c;
+	lp->nconns--;
+	srv_debug(lp->srv, "close %s", c->peer ? c->peer : "");
+}
+
+/*
+ * A connection that fails while another one is being served (a write
+ * error in a broadcast) is closed after the current event: closing runs
+ * the service's close hook, which may broadcast in turn, and would unlink
+ * connections from the list being walked.
+ */
+static void
+conn_doom(struct conn_loop *lp, struct conn *c)
+{
+	if (c->flags & (CONN_DEAD | CONN_DOOMED))
+		return;
+	c->flags |= CONN_DOOMED;
+	c->doom_next = lp->doomed;
+	lp->doomed = c;
+}
+
+void
+conn_event_done(struct conn_loop *lp)
+{
+	struct conn *c;
+
+	while ((c = lp->doomed) != NULL) {
+		lp->doomed = c->doom_next;
+		conn_close(lp, c);
+	}
+}
+
+static void
+reap_dead(struct conn_loop *lp)
+{
+	struct conn *c, *keep = NULL;
+
+	while ((c = lp->dead) != NULL) {
+		lp->dead = c->dead_next;
+		if (c->flags & CONN_AGAIN) {
+			/* Still on the again list: freed once it is off. */
+			c->dead_next = keep;
+			keep = c;
+			continue;
+		}
+		free(c->peer);
+		free(c);
+	}
+	lp->dead = keep;
+}
+
+/* Lingering close: see bconn_linger() for why. */
+static void
+conn_linger(struct conn_loop *lp, struct conn *c)
+{
+	if (shutdown(c->fd, SHUT_WR) < 0) {
+		conn_close(lp, c);
+		return;
+	}
+	list_remove(&lp->live, c);
+	c->flags |= CONN_LINGER;
+	c->last = srv_now_ms();
+	list_append(&lp->linger, c);
+	update(lp, c);
+	conn_again(lp, c);
+}
+
+static void
+resume(struct conn_loop *lp, struct conn *c)
+{
+	int was = c->flags & CONN_PAUSED;
+
+	c->flags &= ~CONN_PAUSED;
+	update(lp, c);
+	if (was)
+		conn_again(lp, c);
+}
+
+/* Output drained: close, linger, or resume reading, as the state says. */
+static void
+after_flush(struct conn_loop *lp, struct conn *c)
+{
+	if (c->flags & CONN_EOF)
+		conn_close(lp, c);
+	else if (c->flags & CONN_CLOSE)
+		conn_linger(lp, c);
+	else
+		resume(lp, c);
+}
+
+/* writev() the queue; 0 when it all went or would block, -errno on error. */
+static int
+flush_out(struct conn *c)
+{
+	struct iovec iov[16];
+	struct conn_chunk *k;
+	ssize_t n;
+	int i;
+
+	while (c->head) {
+		for (i = 0, k = c->head; k && i < 16; k = k->next, i++) {
+			iov[i].iov_base = k->data + k->off;
+			iov[i].iov_len = k->len - k->off;
+		}
+		n = writev(c->fd, iov, i);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EAGAIN ? 0 : -errno;
+		}
+		c->pending -= (size_t)n;
+		while (n > 0) {
+			k = c->head;
+			if ((size_t)n < k->len - k->off) {
+				k->off += (size_t)n;
+				return 0;	/* short write: the socket is full */
+			}
+			n -= (ssize_t)(k->len - k->off);
+			c->head = k->next;
+			if (c->head == NULL)
+				c->tail = NULL;
+			free(k);
+		}
+	}
+	return 0;
+}
+
+static int
+enqueue(struct conn *c, const uint8_t *buf, size_t len)
+{
+	struct conn_chunk *k = c->tail;
+	size_t room = k ? k->cap - k->len : 0, cap;
+
+	if (room > 0) {
+		room = room < len ? room : len;
+		memcpy(k->data + k->len, buf, room);
+		k->len += room;
+		buf += room;
+		len -= room;
+		c->pending += room;
+	}
+	if (len == 0)
+		return 0;
+	cap = len < MIN_CHUNK ? MIN_CHUNK : len;
+	k = malloc(sizeof(*k) + cap);
+	if (k == NULL)
+		return -ENOMEM;
+	k->next = NULL;
+	k->off = 0;
+	k->len = len;
+	k->cap = cap;
+	memcpy(k->data, buf, len);
+	if (c->tail)
+		c->tail->next = k;
+	else
+		c->head = k;
+	c->tail = k;
+	c->pending += len;
+	return 0;
+}
+
+/*
+ * Send to one connection: straight to the socket when nothing is queued
+ * (the common case: one write per message, no copy), queue the rest.
+ */
+static int
+conn_send(struct conn_loop *lp, struct conn *c, const uint8_t *buf, size_t len)
+{
+	ssize_t n = 0;
+
+	if (c->flags & (CONN_DEAD | CONN_DOOMED | CONN_LINGER))
+		return -EPIPE;
+	if (c->pending == 0) {
+		do
+			n = write(c->fd, buf, len);
+		while (n < 0 && errno == EINTR);
+		if (n < 0) {
+			if (errno != EAGAIN) {
+				if (!is_reset(errno))
+					srv_debug(lp->srv, "write: %s", strerror(errno));
+				conn_doom(lp, c);
+				return -EPIPE;
+			}
+			n = 0;
+		}
+		if ((size_t)n == len)
+			return 0;
+	}
+	if (enqueue(c, buf + n, len - (size_t)n) < 0) {
+		srv_warn(lp->srv, "out of memory queueing output: closing");
+		conn_doom(lp, c);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static int
+sink_reply(struct svc_sink *sink, const void *buf, size_t len)
+{
+	return conn_send(sink->ctx, sink->conn, buf, len);
+}
+
+/*
+ * Broadcast to every other connection.  A recipient whose queue would pass
+ * max_pending has stopped reading: it is dropped rather than allowed to
+ * hold memory or slow everyone else down.
+ */
+static int
+sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
+{
+	struct conn *self = sink->conn, *c;
+	struct conn_loop *lp = sink->ctx;
+	size_t cap = lp->srv->svc_cfg.max_pending;
+
+	for (c = lp->live.head; c; c = c->next) {
+		if (c == self || (c->flags & (CONN_DOOMED | CONN_CLOSE | CONN_EOF)))
+			continue;
+		if (c->pending + len > cap) {
+			srv_log(lp->srv, "%s: %zu bytes of output pending, "
+			    "not reading: disconnected", c->peer ? c->peer : "client",
+			    c->pending);
+			conn_doom(lp, c);
+			continue;
+		}
+		if (conn_send(lp, c, buf, len) == 0)
+			update(lp, c);
+	}
+	return 0;
+}
+
+void
+conn_readable(struct conn_loop *lp, struct conn *c)
+{
+	const struct srv *s = lp->srv;
+	ssize_t n;
+	int i, r;
+
+	if (c->flags & (CONN_DEAD | CONN_DOOMED))
+		return;
+	for (i = 0; i < READS_PER_EVENT; i++) {
+		n = net_read_some(c->fd, lp->rbuf, s->bufsize);
+		if (n == -EAGAIN)
+			break;
+		if (n < 0) {
+			if (!is_reset((int)-n))
+				srv_debug(s, "read: %s", strerror((int)-n));
+			conn_close(lp, c);
+			return;
+		}
+		if (n == 0) {
+			/*
+			 * Half-close: the peer sends no more but may still
+			 * read.  Finish the output first, then close.
+			 */
+			c->flags |= CONN_EOF;
+			break;
+		}
+		if (c->flags & CONN_LINGER)
+			continue;	/* discarding until the peer closes */
+		touch(lp, c);
+		r = svc_input(s->svc, &s->svc_cfg, c->state, lp->rbuf,
+		    (size_t)n, &c->sink);
+		if (c->flags & (CONN_DEAD | CONN_DOOMED))
+			return;
+		if (r < 0) {
+			c->flags |= CONN_CLOSE;
+			break;
+		}
+		if (c->pending >= s->highwater) {
+			/* Backpressure: TCP's window pushes back on the peer. */
+			c->flags |= CONN_PAUSED;
+			break;
+		}
+		/*
+		 * A short read means the receive queue was empty a moment
+		 * ago; what arrives later is reported again (level-triggered)
+		 * or notified afresh (a signal per arrival), so the read that
+		 * would only say EAGAIN is skipped.
+		 */
+		if ((size_t)n < s->bufsize)
+			break;
+	}
+	if (i == READS_PER_EVENT)
+		conn_again(lp, c);
+	if ((c->flags & CONN_LINGER) && (c->flags & CONN_EOF)) {
+		conn_close(lp, c);
+		return;
+	}
+	if (c->pending == 0 && (c->flags & (CONN_EOF | CONN_CLOSE)))
+		after_flush(lp, c);
+	else
+		update(lp, c);
+}
+
+void
+conn_writable(struct conn_loop *lp, struct conn *c)
+{
+	int r;
+
+	if (c->flags & (CONN_DEAD | CONN_DOOMED) || c->pending == 0)
+		return;
+	r = flush_out(c);
+	if (r < 0) {
+		if (!is_reset(-r))
+			srv_debug(lp->srv, "write: %s", strerror(-r));
+		conn_close(lp, c);
+		return;
+	}
+	touch(lp, c);
+	/*
+	 * Resume reading only once the queue is well below the mark, so a
+	 * flood does not flip read interest on and off at every write.
+	 */
+	if (c->pending == 0)
+		after_flush(lp, c);
+	else if ((c->flags & CONN_PAUSED) && c->pending <= lp->srv->highwater / 2)
+		resume(lp, c);
+	else
+		update(lp, c);
+}
+
+static struct conn *
+conn_new(struct conn_loop *lp, int fd, const struct net_addr *peer)
+{
+	const struct srv *s = lp->srv;
+	char buf[NET_ADDRSTRLEN];
+	struct conn *c;
+
+	c = calloc(1, sizeof(*c) + s->svc->state_size);
+	if (c == NULL)
+		return NULL;
+	c->fd = fd;
+	c->slot = -1;
+	c->sink.reply = sink_reply;
+	c->sink.broadcast = sink_broadcast;
+	c->sink.conn = c;
+	c->sink.ctx = lp;
+	if (s->svc->state_size > 0 || s->verbose > 0) {
+		c->peer = strdup(net_addr_str(peer, buf, sizeof(buf)));
+		c->sink.peer = c->peer;
+	}
+	if (lp->ops->add && lp->ops->add(lp, c) < 0) {
+		free(c->peer);
+		free(c);
+		return NULL;
+	}
+	c->last = srv_now_ms();
+	list_append(&lp->live, c);
+	lp->nconns++;
+	return c;
+}
+
+/* A descriptor the model cannot watch (select: >= FD_SETSIZE). */
+static void
+refuse_fd(struct conn_loop *lp, int fd, const struct net_addr *peer)
+{
+	char buf[NET_ADDRSTRLEN];
+
+	srv_log(lp->srv, "%s: descriptor %d is past this model's limit "
+	    "(FD_SETSIZE %d): refused", net_addr_str(peer, buf, sizeof(buf)),
+	    fd, lp->fd_limit);
+	close(fd);
+}
+
+int
+conn_accept(struct conn_loop *lp)
+{
+	const struct srv *s = lp->srv;
+	struct net_addr peer;
+	struct conn *c;
+	int fd, i;
+
+	if (!lp->accepting || lp->lfd < 0)
+		return 0;
+	for (i = 0; i < ACCEPTS_PER_EVENT; i++) {
+		if (s->max_conns && lp->nconns >= s->max_conns) {
+			/*
+			 * At the -m limit the model stops watching the
+			 * listener: new clients wait in the kernel's accept
+			 * queue instead of being accepted and refused.
+			 */
+			lp->accepting = 0;
+			return 0;
+		}
+		fd = net_accept(lp->lfd, &peer, NET_NONBLOCK);
+		if (fd == -EAGAIN)
+			return 0;
+		if (fd == -EMFILE || fd == -ENFILE) {
+			/* Not accepting would leave it pending, reported forever. */
+			if (net_accept_shed(lp->lfd, &lp->reserve) > 0)
+				srv_log(s, "out of descriptors (%s): "
+				    "refused a connection", strerror(-fd));
+			return 0;
+		}
+		if (fd < 0) {
+			srv_warn(s, "accept: %s", strerror(-fd));
+			return 0;
+		}
+		if (lp->fd_limit && fd >= lp->fd_limit) {
+			refuse_fd(lp, fd, &peer);
+			continue;
+		}
+		(void)net_set_nodelay(fd);
+		c = conn_new(lp, fd, &peer);
+		if (c == NULL) {
+			srv_warn(s, "cannot register a connection: %s",
+			    strerror(errno));
+			close(fd);
+			continue;
+		}
+		srv_debug(s, "open %s", c->peer ? c->peer : "");
+		if (svc_open(s->svc, &s->svc_cfg, c->state, &c->sink) < 0)
+			conn_doom(lp, c);
+		update(lp, c);
+		conn_event_done(lp);
+	}
+	lp->accept_again = 1;
+	return 1;
+}
+
+void
+conn_run_again(struct conn_loop *lp)
+{
+	struct conn *c, *list = lp->again;
+
+	lp->again = NULL;
+	while ((c = list) != NULL) {
+		list = c->again_next;
+		c->flags &= ~CONN_AGAIN;
+		if (conn_interest(c) & CONN_WANT_READ)
+			conn_readable(lp, c);
+		conn_event_done(lp);
+	}
+}
+
+static void
+close_all(struct conn_loop *lp)
+{
+	while (lp->live.head)
+		conn_close(lp, lp->live.head);
+	while (lp->linger.head)
+		conn_close(lp, lp->linger.head);
+}
+
+/* Close what has been idle too long, lingered too long, or outlived stop. */
+static int
+expire(struct conn_loop *lp)
+{
+	int64_t now = srv_now_ms(), wait = -1, t;
+	int64_t idle = (int64_t)lp->srv->idle_timeout * 1000;
+	struct conn *c;
+
+	while ((c = lp->linger.head) && now - c->last >= LINGER_MS)
+		conn_close(lp, c);
+	if (c)
+		wait = LINGER_MS - (now - c->last);
+	if (idle > 0) {
+		while ((c = lp->live.head) && now - c->last >= idle) {
+			srv_debug(lp->srv, "%s idle for %d s: closing",
+			    c->peer ? c->peer : "connection", lp->srv->idle_timeout);
+			conn_close(lp, c);
+		}
+		if (c && (wait < 0 || idle - (now - c->last) < wait))
+			wait = idle - (now - c->last);
+	}
+	if (lp->stopping) {
+		if (now >= lp->stop_deadline)
+			close_all(lp);
+		t = lp->stop_deadline - now;
+		if (wait < 0 || t < wait)
+			wait = t < 0 ? 0 : t;
+	}
+	return (int)wait;
+}
+
+int
+conn_tick(struct conn_loop *lp)
+{
+	const struct srv *s = lp->srv;
+	int wait;
+
+	wait = expire(lp);
+	conn_event_done(lp);
+	reap_dead(lp);
+	if (!lp->accepting && !lp->stopping && lp->lfd >= 0 &&
+	    (!s->max_conns || lp->nconns < s->max_conns)) {
+		lp->accepting = 1;
+		lp->accept_again = 1;
+	}
+	if (lp->again || (lp->edge && lp->accept_again && lp->accepting))
+		wait = 0;
+	return wait;
+}
+
+/*
+ * Graceful stop: stop accepting; connections with nothing queued close
+ * now, the others get STOP_GRACE_MS to flush, then are closed regardless.
+ */
+void
+conn_begin_stop(struct conn_loop *lp)
+{
+	struct conn *c, *next;
+
+	if (lp->stopping)
+		return;
+	lp->stopping = 1;
+	lp->stop_deadline = srv_now_ms() + STOP_GRACE_MS;
+	lp->accepting = 0;
+	if (lp->lfd >= 0)
+		close(lp->lfd);
+	lp->lfd = -1;
+	for (c = lp->live.head; c; c = next) {
+		next = c->next;
+		if (c->pending == 0)
+			conn_close(lp, c);
+		else {
+			c->flags |= CONN_EOF;	/* close once flushed */
+			update(lp, c);
+		}
+	}
+}
+
+int
+conn_loop_done(const struct conn_loop *lp)
+{
+	return lp->stopping && lp->nconns == 0;
+}
+
+int
+conn_loop_init(struct conn_loop *lp, struct srv *s, int lfd,
+    const struct conn_ops *ops, void *model)
+{
+	memset(lp, 0, sizeof(*lp));
+	lp->srv = s;
+	lp->ops = ops;
+	lp->model = model;
+	lp->lfd = lfd;
+	lp->accepting = 1;
+	lp->accept_again = 1;
+	lp->reserve = net_reserve_open();
+	lp->rbuf = malloc(s->bufsize);
+	if (lp->reserve < 0 || lp->rbuf == NULL) {
+		free(lp->rbuf);
+		return lp->reserve < 0 ? lp->reserve : -ENOMEM;
+	}
+	return 0;
+}
+
+void
+conn_loop_fini(struct conn_loop *lp)
+{
+	close_all(lp);
+	conn_event_done(lp);
+	lp->again = NULL;
+	while (lp->dead) {
+		struct conn *c = lp->dead;
+
+		lp->dead = c->dead_next;
+		free(c->peer);
+		free(c);
+	}
+	if (lp->lfd >= 0)
+		close(lp->lfd);
+	if (lp->reserve >= 0)
+		close(lp->reserve);
+	free(lp->rbuf);
+}

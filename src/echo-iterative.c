@@ -1,0 +1,69 @@
+/*
+ * echo-iterative — blocking IO, one client at a time: accept a connection,
+ * serve it until EOF, then accept the next (the documents' single-threaded
+ * blocking server).
+ *
+ * For one echoed message: read (blocks until data), write (blocks until
+ * the kernel took all of it).  Nothing could be cheaper per message, and
+ * nothing scales worse: while one client is connected the process sits in
+ * its read(), and every other client waits in the listen backlog, its
+ * connect() completed by the kernel but not one byte answered, however
+ * idle the client being served is.  -m means nothing here (the limit is
+ * 1); -t is what stops an idle client from holding the server forever.
+ *
+ * Pitfall: a stop signal.  read() and accept() are restarted on EINTR by
+ * the socket layer, and a signal that lands just before the call would be
+ * missed anyway; so the handler shuts the listener and the connection down
+ * (conn_wake_*), which wakes either call for certain.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "net.h"
+#include "server.h"
+
+static const struct srv_model model = {
+	.name = "echo-iterative",
+	.summary = "Echo server: blocking IO, one client at a time (iterative).",
+};
+
+int
+main(int argc, char **argv)
+{
+	struct net_addr peer;
+	struct srv s;
+	uint8_t *buf;
+	int lfd, fd, reserve;
+
+	srv_init(&s, &model, argc, argv, NULL);
+	lfd = srv_listen(&s, 0);
+	buf = malloc(s.bufsize);
+	reserve = net_reserve_open();
+	if (buf == NULL || reserve < 0) {
+		srv_warn(&s, "cannot start: %s", strerror(errno));
+		return SRV_EX_OSERR;
+	}
+	conn_wake_signals();
+	conn_wake_set(CONN_WAKE_LISTENER, lfd);
+	srv_ready(&s);
+	while ((fd = conn_accept_wait(&s, lfd, &peer, &reserve)) >= 0) {
+		conn_wake_set(CONN_WAKE_CONN, fd);
+		conn_serve(&s, fd, &peer, buf);
+		conn_wake_set(CONN_WAKE_CONN, -1);
+		close(fd);
+	}
+	conn_wake_set(CONN_WAKE_LISTENER, -1);
+	close(lfd);
+	close(reserve);
+	free(buf);
+	if (fd != -EINTR) {
+		srv_warn(&s, "accept: %s", strerror(-fd));
+		return SRV_EX_OSERR;
+	}
+	return SRV_EX_OK;
+}
