@@ -1,0 +1,263 @@
+/*
+ * echo-fork — blocking IO, a process per connection: the parent accepts
+ * and forks; the child serves that one client until EOF and exits.
+ *
+ * For one echoed message the child makes two system calls, read and
+ * write, like the iterative server; what each connection costs is a
+ * fork() (page tables copied, pages shared copy-on-write, ~0.1 ms) and an
+ * exit(), a process in the kernel's tables and, at the least, a read
+ * buffer of private memory.  Clients no longer wait for each other, and a
+ * crash costs one connection; but thousands of clients are thousands of
+ * processes, and -m is what keeps a flood from exhausting RLIMIT_NPROC or
+ * memory: at the limit the parent stops accepting and new clients wait in
+ * the backlog until a child exits.
+ *
+ * Pitfalls handled here:
+ *   - zombies: an exited child stays in the process table until its parent
+ *     waits for it.  The SIGCHLD handler reaps every exited child (one
+ *     SIGCHLD may stand for several exits: waitpid in a loop, WNOHANG);
+ *   - descriptors: the child closes the listener and the parent closes the
+ *     connection, or the parent runs out of descriptors and a client's
+ *     close never reaches the peer while the other copy is open;
+ *   - a child must not be reaped before the parent has noted its pid, nor
+ *     take a stop signal before it knows which descriptor to wake:
+ *     SIGCHLD and the stop signals are blocked across fork();
+ *   - stop: the parent shuts the listener, forwards SIGTERM to every
+ *     child (each finishes the message in hand and closes), waits a grace
+ *     period, SIGKILLs the rest, and reaps them all.
+ *
+ * Global state: the table of live children, shared with the SIGCHLD
+ * handler (changed by the main program only with SIGCHLD blocked).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "net.h"
+#include "server.h"
+
+#define STOP_GRACE_MS	2000
+
+static pid_t	*kids;		/* live (or exited, unreaped) children */
+static volatile sig_atomic_t nkids;
+static size_t	 kids_cap;
+
+static void
+kids_remove(pid_t pid)
+{
+	int i;
+
+	for (i = 0; i < nkids; i++)
+		if (kids[i] == pid) {
+			kids[i] = kids[nkids - 1];
+			nkids = nkids - 1;
+			return;
+		}
+}
+
+/*
+ * Only this handler reaps, and it removes what it reaps: a pid in the
+ * table is never recycled by the kernel, so kill() on it is safe.
+ */
+static void
+on_child(int sig)
+{
+	int saved = errno, st;
+	pid_t pid;
+
+	(void)sig;
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+		kids_remove(pid);
+	errno = saved;
+}
+
+/* Called with SIGCHLD blocked. */
+static int
+kids_add(pid_t pid)
+{
+	pid_t *p;
+
+	if ((size_t)nkids == kids_cap) {
+		p = realloc(kids, (kids_cap ? kids_cap * 2 : 64) * sizeof(*p));
+		if (p == NULL)
+			return -ENOMEM;
+		kids = p;
+		kids_cap = kids_cap ? kids_cap * 2 : 64;
+	}
+	kids[nkids] = pid;
+	nkids = nkids + 1;
+	return 0;
+}
+
+static void
+kids_signal(int sig)
+{
+	int i;
+
+	for (i = 0; i < nkids; i++)
+		(void)kill(kids[i], sig);
+}
+
+static void
+sigset_stop_child(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGCHLD);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGHUP);
+}
+
+static void
+install_reaper(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_child;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+	sigaction(SIGCHLD, &sa, NULL);
+}
+
+/* The child: serve one client and exit, never returning to the loop. */
+static void __attribute__((noreturn))
+child(const struct srv *s, int lfd, int reserve, int fd,
+    const struct net_addr *peer, uint8_t *buf, const sigset_t *mask)
+{
+	signal(SIGCHLD, SIG_DFL);
+	close(lfd);
+	close(reserve);
+	conn_wake_set(CONN_WAKE_LISTENER, -1);
+	conn_wake_set(CONN_WAKE_CONN, fd);
+	sigprocmask(SIG_SETMASK, mask, NULL);
+	conn_serve(s, fd, peer, buf);
+	close(fd);
+	_exit(SRV_EX_OK);
+}
+
+/* -m: wait, without spinning, until a child exits or a stop comes. */
+static void
+wait_below_max(const struct srv *s)
+{
+	sigset_t block, old;
+
+	if (s->max_conns == 0)
+		return;
+	sigset_stop_child(&block);
+	sigprocmask(SIG_BLOCK, &block, &old);
+	/* sigsuspend unblocks and sleeps atomically: no lost SIGCHLD. */
+	while (nkids >= s->max_conns && !srv_stop)
+		sigsuspend(&old);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+static void
+spawn(const struct srv *s, int lfd, int reserve, int fd,
+    const struct net_addr *peer, uint8_t *buf)
+{
+	sigset_t block, old;
+	pid_t pid;
+
+	sigset_stop_child(&block);
+	sigprocmask(SIG_BLOCK, &block, &old);
+	pid = fork();
+	if (pid == 0)
+		child(s, lfd, reserve, fd, peer, buf, &old);
+	if (pid < 0)
+		srv_warn(s, "fork: %s: connection refused", strerror(errno));
+	else if (kids_add(pid) < 0) {
+		/* Untracked, it could not be stopped: end it now. */
+		srv_warn(s, "out of memory: connection refused");
+		kill(pid, SIGKILL);
+	}
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	close(fd);
+	if (pid < 0)
+		(void)poll(NULL, 0, 10);	/* EAGAIN: RLIMIT_NPROC; pass */
+}
+
+/*
+ * SIGTERM to every child, a grace period to finish, then SIGKILL; the
+ * reaper empties the table.  ppoll() unblocks SIGCHLD only while it
+ * sleeps, so an exit between the check and the sleep is not missed.
+ */
+static void
+stop_children(void)
+{
+	sigset_t block, old;
+	int64_t deadline = srv_now_ms() + STOP_GRACE_MS, left;
+	struct timespec ts;
+	int killed = 0;
+
+	sigemptyset(&block);
+	sigaddset(&block, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &block, &old);
+	kids_signal(SIGTERM);
+	while (nkids > 0) {
+		left = deadline - srv_now_ms();
+		if (left <= 0 && !killed) {
+			kids_signal(SIGKILL);
+			killed = 1;
+		}
+		if (left < 0)
+			left = 100;
+		ts.tv_sec = left / 1000;
+		ts.tv_nsec = (long)(left % 1000) * 1000000L;
+		(void)ppoll(NULL, 0, &ts, &old);
+	}
+	sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+static const struct srv_model model = {
+	.name = "echo-fork",
+	.summary = "Echo server: blocking IO, a process per connection (fork).",
+};
+
+int
+main(int argc, char **argv)
+{
+	struct net_addr peer;
+	struct srv s;
+	uint8_t *buf;
+	int lfd, fd, reserve;
+
+	srv_init(&s, &model, argc, argv, NULL);
+	srv_raise_nofile(&s);
+	lfd = srv_listen(&s, 0);
+	buf = malloc(s.bufsize);
+	reserve = net_reserve_open();
+	if (buf == NULL || reserve < 0) {
+		srv_warn(&s, "cannot start: %s", strerror(errno));
+		return SRV_EX_OSERR;
+	}
+	install_reaper();
+	conn_wake_signals();
+	conn_wake_set(CONN_WAKE_LISTENER, lfd);
+	srv_ready(&s);
+	for (;;) {
+		wait_below_max(&s);
+		fd = conn_accept_wait(&s, lfd, &peer, &reserve);
+		if (fd < 0)
+			break;
+		srv_debug(&s, "%d children", (int)nkids + 1);
+		spawn(&s, lfd, reserve, fd, &peer, buf);
+	}
+	if (fd != -EINTR)
+		srv_warn(&s, "accept: %s", strerror(-fd));
+	conn_wake_set(CONN_WAKE_LISTENER, -1);
+	close(lfd);
+	stop_children();
+	close(reserve);
+	free(buf);
+	free(kids);
+	return fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR;
+}
