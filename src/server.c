@@ -339,7 +339,7 @@ int
 srv_listen(struct srv *s, int flags)
 {
 	char buf[NET_ADDRSTRLEN];
-	int fd, n;
+	int fd = 0, n;
 
 	n = net_activated_fds();
 	if (n > 0) {
@@ -352,9 +352,25 @@ srv_listen(struct srv *s, int flags)
 			goto oserr;
 		return fd;
 	}
-	if (s->workers > 1)
-		flags |= NET_REUSEPORT;
-	fd = net_listen(&s->addr, s->backlog, flags);
+	if (s->workers > 1 && s->addr.ss.ss_family != AF_UNIX) {
+		/*
+		 * SO_REUSEPORT lets any process of the same user bind the
+		 * port too: a second server started by mistake would quietly
+		 * take half of the connections instead of failing.  So bind
+		 * once without it first: that fails with EADDRINUSE if anyone
+		 * listens there (and, for -p 0, picks the port the workers'
+		 * listeners then share).
+		 */
+		fd = net_listen(&s->addr, 1, flags);
+		if (fd >= 0) {
+			if (net_local_addr(fd, &s->addr) < 0)
+				goto oserr;
+			close(fd);
+			flags |= NET_REUSEPORT;
+		}
+	}
+	if (fd >= 0 || s->workers <= 1)
+		fd = net_listen(&s->addr, s->backlog, flags);
 	if (fd < 0) {
 		fprintf(stderr, "%s: cannot listen on %s: %s\n", s->prog,
 		    net_addr_str(&s->addr, buf, sizeof(buf)), strerror(-fd));
