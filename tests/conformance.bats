@@ -228,6 +228,12 @@ stderr: $stderr"
 	assert_success
 	run iotest halfclose -s 4m "$SRV_ADDR"
 	assert_success
+	# A small receive window: EOF may reach the server with its echo queued.
+	run iotest halfclose -s 3m -r 4096 "$SRV_ADDR"
+	assert_success
+	# EOF arrives while the server has stopped reading (backpressure).
+	run iotest halfclose -F -t 300 "$SRV_ADDR"
+	assert_success
 	stop_server
 }
 

@@ -69,6 +69,7 @@ static struct {
 	int		 expect_closed;	/* -E */
 	int		 ping_ms;	/* -P */
 	int		 stall_ms;	/* -t */
+	int		 fill;		/* -F: halfclose once the server stops reading */
 } opt = {
 	.timeout_ms = 30000,
 	.hold_ms = 120000,
@@ -298,6 +299,9 @@ struct conn {
 	const uint64_t	*ends;		/* pipeline: end offset of each message */
 	size_t		 nends, txmsg;
 	int		 shut_early;	/* shutdown(SHUT_WR) once all is sent */
+	int		 lazy_read;	/* read only once shut, or when writes block */
+	int		 blocked;	/* the last write would have blocked */
+	int		 slow_read;	/* read a window at a time, 2 ms apart */
 	int		 keep;		/* stay open when done (no shutdown) */
 	int		 shut;
 	char		 why[160];	/* failure, for tolerant runs */
@@ -412,8 +416,10 @@ conn_write(struct conn *c)
 	gen(&c->src, c->tx, eng.buf, n);
 	w = write(c->fd, eng.buf, n);
 	if (w < 0) {
-		if (errno == EAGAIN || errno == EINTR)
+		if (errno == EAGAIN || errno == EINTR) {
+			c->blocked = 1;
 			return 0;
+		}
 		conn_fail(c, R_CLOSED, "%s: write: %s", where(c, c->tx), strerror(errno));
 		return -1;
 	}
@@ -448,6 +454,8 @@ conn_read(struct conn *c)
 {
 	ssize_t r;
 
+	if (c->slow_read)
+		usleep(2000);
 	r = read(c->fd, eng.buf, sizeof(eng.buf));
 	if (r < 0) {
 		if (errno == EAGAIN || errno == EINTR)
@@ -530,6 +538,9 @@ conn_run(struct conn *c)
 				c->shut = 1;
 			}
 		}
+		if (c->lazy_read && !c->shut && !c->blocked)
+			continue;
+		c->blocked = 0;
 		switch (conn_read(c)) {
 		case -1:
 			return;
@@ -734,13 +745,25 @@ cmd_concurrent(void)
 }
 
 /* halfclose: send, shut the write side at once, expect all of it, then EOF. */
+static int cmd_halfclose_fill(void);
+
 static int
 cmd_halfclose(void)
 {
-	struct conn *c = conns_new(1);
+	struct conn *c;
+
+	if (opt.fill)
+		return cmd_halfclose_fill();
+	c = conns_new(1);
 
 	c->len = opt.size_set ? (uint64_t)opt.size : 1u << 20;
 	c->shut_early = 1;
+	/*
+	 * Read nothing before the shutdown unless writing would block: the
+	 * server then sees EOF while its echo is still queued behind our
+	 * full receive window (make it small with -r), and must flush it.
+	 */
+	c->lazy_read = 1;
 	engine_run(c, 1, 1);
 	say("halfclose: %" PRIu64 " bytes echoed after shutdown(SHUT_WR), then EOF", c->len);
 	return 0;
@@ -849,27 +872,20 @@ hold(void)
 }
 
 /*
- * slowreader: send without reading until the server stops reading (no
- * write progress for -t ms), say "blocked BYTES", hold, then read the echo
- * of everything back (the server must resume once drained) and expect EOF.
+ * Send on C without reading until the server stops reading: no write
+ * progress for -t ms.  More than LIMIT bytes means no backpressure.
  */
-static int
-cmd_slowreader(void)
+static void
+fill(struct conn *c, uint64_t limit)
 {
-	uint64_t limit = opt.size_set ? (uint64_t)opt.size : 256u << 20;
-	struct conn *c = conns_new(1);
 	ssize_t w;
 
-	catch_release();
-	c->fd = connect_one("slow reader");
 	for (;;) {
-		size_t n = CHUNK;
-
 		if (c->tx >= limit)
 			fail("%" PRIu64 " bytes sent and the server still reads:"
 			    " no backpressure", c->tx);
-		gen(&c->src, c->tx, eng.buf, n);
-		w = write(c->fd, eng.buf, n);
+		gen(&c->src, c->tx, eng.buf, CHUNK);
+		w = write(c->fd, eng.buf, CHUNK);
 		if (w > 0) {
 			c->tx += (uint64_t)w;
 			continue;
@@ -877,25 +893,72 @@ cmd_slowreader(void)
 		if (w < 0 && errno != EAGAIN && errno != EINTR)
 			fail("write after %" PRIu64 " bytes: %s", c->tx, strerror(errno));
 		if (!wait_fd(c->fd, POLLOUT, opt.stall_ms))
-			break;
+			return;
 		if (remaining_ms() == 0)
 			fail("the server neither read %" PRIu64 " bytes nor stalled in time",
 			    c->tx);
 	}
-	say("blocked %" PRIu64, c->tx);
-	hold();
-	/* Drain: what was sent must all come back, then EOF. */
-	deadline = now_ms() + opt.timeout_ms;
+}
+
+/* Hand a connection made by connect_one() to the engine: read C->tx back. */
+static void
+drain(struct conn *c)
+{
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+		.data.ptr = c };
+
 	c->len = c->tx;
 	c->state = C_OPEN;
-	{
-		struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-			.data.ptr = c };
-
-		if (epoll_ctl(eng.epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
-			fail("epoll_ctl: %s", strerror(errno));
-	}
+	if (epoll_ctl(eng.epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+		fail("epoll_ctl: %s", strerror(errno));
 	engine_run(c, 1, 0);
+}
+
+/*
+ * halfclose -F: fill the server until it stops reading, shut down, and
+ * only then read, a small window at a time with pauses, so that the
+ * server's socket send buffer is full whenever it reads: it then meets EOF
+ * with output still queued in its own memory and must flush all of it.
+ * That is the case a naive "EOF: close" gets wrong, and one a plain
+ * halfclose rarely reaches on loopback, where the kernel's send buffer
+ * absorbs megabytes.
+ */
+static int
+cmd_halfclose_fill(void)
+{
+	struct conn *c = conns_new(1);
+
+	if (opt.rcvbuf == 0)
+		opt.rcvbuf = 64 * 1024;	/* no autotuned megabytes on our side */
+	c->slow_read = 1;
+	c->fd = connect_one("halfclose");
+	fill(c, opt.size_set ? (uint64_t)opt.size : 256u << 20);
+	if (shutdown(c->fd, SHUT_WR) < 0)
+		fail("shutdown: %s", strerror(errno));
+	c->shut = 1;
+	drain(c);
+	say("halfclose: %" PRIu64 " bytes queued in the server at shutdown(SHUT_WR),"
+	    " all echoed, then EOF", c->len);
+	return 0;
+}
+
+/*
+ * slowreader: send without reading until the server stops reading, say
+ * "blocked BYTES", hold, then read the echo of everything back (the server
+ * must resume once drained) and expect EOF.
+ */
+static int
+cmd_slowreader(void)
+{
+	struct conn *c = conns_new(1);
+
+	catch_release();
+	c->fd = connect_one("slow reader");
+	fill(c, opt.size_set ? (uint64_t)opt.size : 256u << 20);
+	say("blocked %" PRIu64, c->tx);
+	hold();
+	deadline = now_ms() + opt.timeout_ms;
+	drain(c);
 	say("drained %" PRIu64 " bytes intact", c->len);
 	return 0;
 }
@@ -1023,7 +1086,8 @@ static const struct {
 	{ "stream", cmd_stream, "-s bytes (16m) random binary, full duplex" },
 	{ "pipeline", cmd_pipeline, "-n messages (20000) of 1..-s bytes (512), one write each" },
 	{ "concurrent", cmd_concurrent, "-n clients (300) of 1..-s bytes (128k) at once" },
-	{ "halfclose", cmd_halfclose, "-s bytes (1m), shutdown(SHUT_WR) once sent, echo then EOF" },
+	{ "halfclose", cmd_halfclose, "-s bytes (1m), shutdown(SHUT_WR) once sent, echo then EOF;\n"
+	    "              -F: fill until the server stops reading, then shut down" },
 	{ "resetstorm", cmd_resetstorm, "-n connections (200) reset mid-stream, then a check" },
 	{ "slowreader", cmd_slowreader, "send without reading until blocked, hold, drain" },
 	{ "idle", cmd_idle, "-n idle connections (2000), \"ready ...\", hold, check" },
@@ -1045,7 +1109,7 @@ usage(const char *why)
 	    "  -T SECS timeout (30)  -r/-w BYTES client SO_RCVBUF/SO_SNDBUF\n"
 	    "  -S SEED  -k (idle: tolerate unserved)  -E (idle: expect closes)\n"
 	    "  -h SECS hold at most (120)  -i (hold until stdin EOF)\n"
-	    "  -P MS idle ping wait with -k (3000)  -t MS slowreader stall (1000)\n"
+	    "  -P MS idle ping wait with -k (3000)  -t MS write stall = blocked (1000)\n"
 	    "commands:\n");
 	for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		fprintf(stderr, "  %-11s %s\n", cmds[i].name, cmds[i].help);
@@ -1082,7 +1146,7 @@ main(int argc, char **argv)
 	opt.cmd = argv[1];
 	opt.seed = (uint64_t)getpid() ^ (uint64_t)time(NULL) << 16;
 	optind = 2;
-	while ((ch = getopt(argc, argv, "n:m:s:d:f:UT:r:w:S:kEh:iP:t:")) != -1) {
+	while ((ch = getopt(argc, argv, "n:m:s:d:f:UT:r:w:S:kEh:iP:t:F")) != -1) {
 		switch (ch) {
 		case 'n': opt.n = (long)num(optarg, 1, 10000000); break;
 		case 'm': opt.m = (long)num(optarg, 1, 100000000); break;
@@ -1099,6 +1163,7 @@ main(int argc, char **argv)
 		case 'h': opt.hold_ms = (int)num(optarg, 0, 3600) * 1000; break;
 		case 'i': opt.hold_stdin = 1; break;
 		case 'P': opt.ping_ms = (int)num(optarg, 1, 3600000); break;
+		case 'F': opt.fill = 1; break;
 		case 't': opt.stall_ms = (int)num(optarg, 1, 3600000); break;
 		default: usage(NULL);
 		}
