@@ -1,0 +1,151 @@
+#!/usr/bin/env bats
+# The manual: every page lints clean, and every installed program has a
+# page that is installed with it and documents every option it accepts.
+# A new binary without a page, or a new option without a line in a page,
+# fails here.
+#
+# By hand, from the build directory: tests/run-bats $top_srcdir/tests/man.bats
+
+setup() {
+	load helpers/common
+	MANDIR=$top_srcdir/man
+}
+
+# A variable of the build's Makefile, as make expands it (so automake
+# conditionals such as HAVE_LIBURING are already applied).  The parent
+# make's jobserver flags are dropped: this is a separate, read-only make.
+make_var() { # NAME
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+	    make -s --no-print-directory -C "$top_builddir" -f Makefile -f - \
+	    iomodels-print-var IOMODELS_VAR="$1" <<'EOF'
+iomodels-print-var:
+	@echo $($(IOMODELS_VAR))
+EOF
+}
+
+# The installed programs' names: bin_PROGRAMS and bin_SCRIPTS.  Without a
+# usable make, the ELF executables built in src/ and asyncio/.
+installed_programs() {
+	local list p
+	if list=$(make_var bin_PROGRAMS) && list+=" $(make_var bin_SCRIPTS)"; then
+		for p in $list; do
+			echo "${p##*/}"
+		done
+		return
+	fi
+	for p in "$top_builddir"/src/* "$top_builddir"/asyncio/*; do
+		[[ -f $p && -x $p && $(head -c 4 "$p" | tr -d '\0') == $'\x7fELF' ]] &&
+		    echo "${p##*/}"
+	done
+}
+
+# Every page the source tree has: man/NAME.SECTION.
+pages() {
+	local f
+	for f in "$MANDIR"/*.[1-9]; do
+		[[ -f $f ]] && echo "$f"
+	done
+}
+
+@test "man: the source tree has pages" {
+	run pages
+	assert_success
+	assert_line --partial "/iomodels.7"
+}
+
+@test "man: every page is lint-clean (mandoc -T lint -W warning)" {
+	command -v mandoc >/dev/null ||
+	    skip "mandoc is not installed (Debian: apt-get install mandoc)"
+	local f out bad=0
+	for f in $(pages); do
+		# mandoc prints nothing for a clean page; -W warning leaves out
+		# the STYLE level (e.g. cross references to pages not installed).
+		out=$(mandoc -T lint -W warning "$f" 2>&1) || true
+		if [[ -n $out ]]; then
+			echo "$out"
+			bad=$((bad + 1))
+		fi
+	done
+	((bad == 0)) || fail "$bad page(s) are not lint-clean"
+}
+
+@test "man: every page renders with man -l, without warnings" {
+	command -v man >/dev/null || skip "man is not installed (Debian: apt-get install man-db)"
+	local f out bad=0
+	for f in $(pages); do
+		out=$(MANWIDTH=80 MAN_KEEP_FORMATTING= man -l "$f" 2>&1 >/dev/null) || {
+			echo "man -l $f failed: $out"
+			bad=$((bad + 1))
+			continue
+		}
+		if [[ -n $out ]]; then
+			echo "man -l $f: $out"
+			bad=$((bad + 1))
+		fi
+	done
+	((bad == 0)) || fail "$bad page(s) do not render cleanly"
+}
+
+@test "man: each page's .Dt/.TH title and section match its file name" {
+	local f base name sect title tsect bad=0
+	for f in $(pages); do
+		base=${f##*/}
+		name=${base%.*}
+		sect=${base##*.}
+		read -r title tsect _ < <(sed -n 's/^\.\(Dt\|TH\)[ \t]\+//p' "$f" | head -n 1 | tr -d '"')
+		if [[ ${title,,} != "${name,,}" || $tsect != "$sect" ]]; then
+			echo "$base: title '$title $tsect', expected '${name^^} $sect'"
+			bad=$((bad + 1))
+		fi
+	done
+	((bad == 0)) || fail "$bad page(s) have a wrong title line"
+}
+
+@test "man: every installed program has a page in man/" {
+	local p progs missing=()
+	progs=$(installed_programs)
+	[[ -n $progs ]] || fail "found no installed program in $top_builddir (built?)"
+	for p in $progs; do
+		[[ -f $MANDIR/$p.1 ]] || missing+=("$p")
+	done
+	((${#missing[@]} == 0)) ||
+	    fail "no man/NAME.1 for: ${missing[*]} (every program in bin_PROGRAMS needs a page)"
+}
+
+@test "man: every installed program's page is installed too (dist_man_MANS)" {
+	local mans p missing=()
+	mans=$(make_var dist_man_MANS) || skip "cannot ask make for dist_man_MANS"
+	for p in $(installed_programs); do
+		[[ " $mans " == *" man/$p.1 "* ]] || missing+=("man/$p.1")
+	done
+	[[ " $mans " == *" man/iomodels.7 "* ]] || missing+=("man/iomodels.7")
+	((${#missing[@]} == 0)) ||
+	    fail "not in dist_man_MANS, so make install leaves them out: ${missing[*]}"
+}
+
+# What --help lists is what the program accepts: each long option must be
+# described in the program's page, or, for the options every server shares,
+# in iomodels.7.
+@test "man: every option in --help is documented" {
+	local p bin opts o bad=0 re
+	for p in $(installed_programs); do
+		bin=
+		for d in src asyncio; do
+			[[ -x $top_builddir/$d/$p ]] && bin=$top_builddir/$d/$p
+		done
+		[[ -n $bin && -f $MANDIR/$p.1 ]] || continue
+		opts=$("$bin" --help 2>/dev/null |
+		    sed -n 's/^[[:space:]]\{1,\}\(-[[:alnum:]],[[:space:]]*\)\{0,1\}--\([[:alnum:]][-[:alnum:]]*\).*/\2/p' |
+		    sort -u)
+		[[ -n $opts ]] || { echo "$p --help lists no long option"; bad=$((bad + 1)); continue; }
+		for o in $opts; do
+			# mdoc writes ".Fl -name", man(7) "\-\-name" or "\fB\-\-name".
+			re="(Fl -|\\\\-\\\\-|--)$o([^-[:alnum:]]|\$)"
+			grep -Eq -- "$re" "$MANDIR/$p.1" && continue
+			grep -Eq -- "$re" "$MANDIR/iomodels.7" && continue
+			echo "$p: --$o is in --help but in neither man/$p.1 nor man/iomodels.7"
+			bad=$((bad + 1))
+		done
+	done
+	((bad == 0)) || fail "$bad option(s) undocumented"
+}
