@@ -29,6 +29,7 @@
 #define ACCEPTS_PER_EVENT	64
 #define LINGER_MS		2000
 #define STOP_GRACE_MS		2000
+#define EMFILE_WAIT_MS		1000
 #define MIN_CHUNK		4096
 
 static int
@@ -137,47 +138,6 @@ conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 out:
 	srv_debug(s, "close %s", sink.peer);
 	free(state);
-}
-
-int
-conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
-    int *reserve)
-{
-	int fd, r;
-
-	for (;;) {
-		if (srv_stop)
-			return -EINTR;
-		fd = net_accept(lfd, peer, 0);
-		if (fd >= 0)
-			return fd;
-		if (srv_stop)
-			return -EINTR;	/* the stop handler shut the listener */
-		switch (-fd) {
-		case EMFILE:
-		case ENFILE:
-			/*
-			 * The connection stays pending and accept() fails at
-			 * once again: without shedding, a spin.
-			 */
-			r = net_accept_shed(lfd, reserve);
-			if (r > 0)
-				srv_log(s, "out of descriptors (%s): refused a "
-				    "connection", strerror(-fd));
-			else
-				(void)poll(NULL, 0, 10);
-			continue;
-		case EINVAL:
-		case EBADF:
-		case ENOTSOCK:
-		case EOPNOTSUPP:
-			return fd;
-		default:
-			/* ENOBUFS, ENOMEM, EPERM (a firewall): pass, later. */
-			srv_warn(s, "accept: %s", strerror(-fd));
-			(void)poll(NULL, 0, 10);
-		}
-	}
 }
 
 /* ---- stop signals for blocking models -------------------------------------- */
@@ -310,21 +270,52 @@ conn_reg_count(struct conn_reg *r)
 	return n;
 }
 
-void
-conn_reg_wait_below(struct conn_reg *r, size_t n)
+static void
+deadline_in(struct timespec *ts, int ms)
 {
-	pthread_mutex_lock(&r->mu);
-	while (r->n >= n && !srv_stop)
-		pthread_cond_wait(&r->cv, &r->mu);
-	pthread_mutex_unlock(&r->mu);
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
 }
 
 void
-conn_reg_wake(struct conn_reg *r)
+conn_reg_wait_below(struct conn_reg *r, size_t n)
 {
+	struct timespec ts;
+
+	/*
+	 * A signal handler may not touch a condition variable, so a stop
+	 * cannot wake this wait: it looks at srv_stop every 100 ms.
+	 */
 	pthread_mutex_lock(&r->mu);
-	pthread_cond_broadcast(&r->cv);
+	while (r->n >= n && !srv_stop) {
+		deadline_in(&ts, 100);
+		pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+	}
 	pthread_mutex_unlock(&r->mu);
+}
+
+/* Wait up to MS for one of the registered to leave; 1 if one did. */
+static int
+reg_wait_drop(struct conn_reg *r, int ms)
+{
+	struct timespec ts;
+	size_t n0;
+	int dropped;
+
+	pthread_mutex_lock(&r->mu);
+	n0 = r->n;
+	deadline_in(&ts, ms);
+	while (r->n >= n0 && n0 > 0 && !srv_stop)
+		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
+			break;
+	dropped = r->n < n0;
+	pthread_mutex_unlock(&r->mu);
+	return dropped;
 }
 
 static void
@@ -349,13 +340,7 @@ conn_reg_drain(struct conn_reg *r, int grace_ms)
 	pthread_mutex_lock(&r->mu);
 	r->closing = 1;
 	reg_shutdown(r, SHUT_RD);
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += grace_ms / 1000;
-	ts.tv_nsec += (long)(grace_ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	deadline_in(&ts, grace_ms);
 	while (r->n > 0)
 		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
 			break;
@@ -364,6 +349,52 @@ conn_reg_drain(struct conn_reg *r, int grace_ms)
 	while (r->n > 0)
 		pthread_cond_wait(&r->cv, &r->mu);
 	pthread_mutex_unlock(&r->mu);
+}
+
+int
+conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
+    int *reserve, struct conn_reg *reg)
+{
+	int fd, r;
+
+	for (;;) {
+		if (srv_stop)
+			return -EINTR;
+		fd = net_accept(lfd, peer, 0);
+		if (fd >= 0)
+			return fd;
+		if (srv_stop)
+			return -EINTR;	/* the stop handler shut the listener */
+		switch (-fd) {
+		case EMFILE:
+		case ENFILE:
+			/*
+			 * The connection stays pending and accept() fails at
+			 * once again: without waiting or shedding, a spin.
+			 * When threads are serving, one of them closing frees
+			 * a descriptor soon: wait for that a while, and shed
+			 * the pending connection only if none does.
+			 */
+			if (reg && reg_wait_drop(reg, EMFILE_WAIT_MS))
+				continue;
+			r = net_accept_shed(lfd, reserve);
+			if (r > 0)
+				srv_log(s, "out of descriptors (%s): refused a "
+				    "connection", strerror(-fd));
+			else
+				(void)poll(NULL, 0, 10);
+			continue;
+		case EINVAL:
+		case EBADF:
+		case ENOTSOCK:
+		case EOPNOTSUPP:
+			return fd;
+		default:
+			/* ENOBUFS, ENOMEM, EPERM (a firewall): pass, later. */
+			srv_warn(s, "accept: %s", strerror(-fd));
+			(void)poll(NULL, 0, 10);
+		}
+	}
 }
 
 /* ---- readiness loops -------------------------------------------------------- */

@@ -37,16 +37,6 @@
 void	conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 	    uint8_t *buf);
 
-/*
- * Block in accept() on the blocking listener LFD until a connection comes
- * or srv_stop is set (-EINTR).  EMFILE/ENFILE shed the pending connection
- * with the RESERVE descriptor (see net_accept_shed()) instead of retrying
- * at once forever; other transient errors are logged and retried after a
- * pause.  Returns the descriptor, -EINTR at stop, or -errno when the
- * listener itself is unusable.
- */
-int	conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
-	    int *reserve);
 
 /*
  * Stop signals for blocking models.  The net_ functions retry EINTR, and a
@@ -94,7 +84,18 @@ int	conn_reg_add(struct conn_reg *, int fd);	/* 0, -ENOMEM, -ESHUTDOWN */
 void	conn_reg_del(struct conn_reg *, int fd);
 size_t	conn_reg_count(struct conn_reg *);
 void	conn_reg_wait_below(struct conn_reg *, size_t n);
-void	conn_reg_wake(struct conn_reg *);	/* wake wait_below at stop */
+
+/*
+ * Block in accept() on the blocking listener LFD until a connection comes
+ * or srv_stop is set (-EINTR).  On EMFILE/ENFILE, wait up to a second for
+ * a thread of REG (if any) to close its connection, else shed the pending
+ * one with the RESERVE descriptor (net_accept_shed()), instead of retrying
+ * at once forever; other transient errors are logged and retried after a
+ * pause.  Returns the descriptor, -EINTR at stop, or -errno when the
+ * listener itself is unusable.
+ */
+int	conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
+	    int *reserve, struct conn_reg *reg);
 void	conn_reg_drain(struct conn_reg *, int grace_ms);
 
 /* ---- readiness loops: many connections in one thread ---------------------- */

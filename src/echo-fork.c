@@ -245,7 +245,7 @@ main(int argc, char **argv)
 	srv_ready(&s);
 	for (;;) {
 		wait_below_max(&s);
-		fd = conn_accept_wait(&s, lfd, &peer, &reserve);
+		fd = conn_accept_wait(&s, lfd, &peer, &reserve, NULL);
 		if (fd < 0)
 			break;
 		srv_debug(&s, "%d children", (int)nkids + 1);

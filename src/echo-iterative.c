@@ -51,7 +51,7 @@ main(int argc, char **argv)
 	conn_wake_signals();
 	conn_wake_set(CONN_WAKE_LISTENER, lfd);
 	srv_ready(&s);
-	while ((fd = conn_accept_wait(&s, lfd, &peer, &reserve)) >= 0) {
+	while ((fd = conn_accept_wait(&s, lfd, &peer, &reserve, NULL)) >= 0) {
 		conn_wake_set(CONN_WAKE_CONN, fd);
 		conn_serve(&s, fd, &peer, buf);
 		conn_wake_set(CONN_WAKE_CONN, -1);

@@ -1,0 +1,177 @@
+/*
+ * echo-thread — blocking IO, a thread per connection: the main thread
+ * accepts and starts a detached thread that serves that client until EOF.
+ *
+ * For one echoed message the thread makes two system calls, read and
+ * write.  A connection costs a clone() and a stack (here --stack, 128 KiB
+ * by default instead of the 8 MiB RLIMIT_STACK default, so 10,000 threads
+ * reserve 1.3 GB of address space, not 80 GB), a read buffer, and a
+ * kernel task the scheduler switches to and from at every message: cheaper
+ * than fork(), but with thousands of clients the context switches and
+ * per-thread memory are the cost (the documents' "C10K" problem).
+ *
+ * At the -m limit the main thread stops accepting until a thread finishes:
+ * new clients wait in the listen backlog (and past it, their SYNs are
+ * retried), they are not refused.  When the system refuses a thread
+ * (pthread_create: EAGAIN, out of tasks or memory), that one connection is
+ * closed with a log line.
+ *
+ * Pitfalls handled here:
+ *   - the stop signal must reach the main thread, blocked in accept():
+ *     every other thread is created with the signals blocked;
+ *   - stop: threads blocked in read() are woken by shutting their sockets
+ *     down (conn_reg_drain), not by signals they never see;
+ *   - a detached thread cannot be joined: the registry of descriptors
+ *     being served doubles as the count of live threads to wait for.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "net.h"
+#include "server.h"
+
+#define STOP_GRACE_MS	2000
+#define OPT_STACK	256
+
+struct opts {
+	size_t	stack;
+};
+
+struct job {
+	const struct srv	*srv;
+	struct conn_reg		*reg;
+	int			 fd;
+	struct net_addr		 peer;
+};
+
+static void *
+serve(void *arg)
+{
+	struct job *j = arg;
+	struct conn_reg *reg = j->reg;
+	uint8_t *buf = malloc(j->srv->bufsize);
+	int fd = j->fd;
+
+	if (buf != NULL)
+		conn_serve(j->srv, fd, &j->peer, buf);
+	else
+		srv_warn(j->srv, "out of memory: connection closed");
+	free(buf);
+	free(j);
+	/* Leave the registry before close(): the number may be reused. */
+	conn_reg_del(reg, fd);
+	close(fd);
+	return NULL;
+}
+
+static void
+start(const struct srv *s, struct conn_reg *reg, pthread_attr_t *attr,
+    int fd, const struct net_addr *peer)
+{
+	sigset_t block, old;
+	struct job *j;
+	pthread_t t;
+	int err;
+
+	if (conn_reg_add(reg, fd) < 0) {
+		close(fd);
+		return;
+	}
+	j = malloc(sizeof(*j));
+	if (j == NULL) {
+		err = ENOMEM;
+		goto fail;
+	}
+	*j = (struct job){ .srv = s, .reg = reg, .fd = fd, .peer = *peer };
+	/* The new thread inherits the mask: signals stay with main. */
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	err = pthread_create(&t, attr, serve, j);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err == 0)
+		return;
+	free(j);
+fail:
+	srv_warn(s, "cannot start a thread (%s): connection refused",
+	    strerror(err));
+	conn_reg_del(reg, fd);
+	close(fd);
+}
+
+static const struct srv_option options[] = {
+	{ "stack", 1, OPT_STACK, "BYTES", "stack size of each thread (default 128k)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
+static int
+on_option(struct srv *s, int key, const char *arg)
+{
+	struct opts *o = s->model_data;
+
+	if (key != OPT_STACK)
+		return -1;
+	o->stack = (size_t)srv_parse_num(s, "--stack", arg, PTHREAD_STACK_MIN,
+	    64LL * 1024 * 1024, 1);
+	return 0;
+}
+
+static const struct srv_model model = {
+	.name = "echo-thread",
+	.summary = "Echo server: blocking IO, a thread per connection.",
+	.options = options,
+	.on_option = on_option,
+};
+
+int
+main(int argc, char **argv)
+{
+	struct opts o = { .stack = 128 * 1024 };
+	struct conn_reg reg;
+	struct net_addr peer;
+	pthread_attr_t attr;
+	struct srv s;
+	int lfd, fd, reserve;
+
+	srv_init(&s, &model, argc, argv, &o);
+	srv_raise_nofile(&s);
+	lfd = srv_listen(&s, 0);
+	reserve = net_reserve_open();
+	if (reserve < 0 || conn_reg_init(&reg) < 0 ||
+	    pthread_attr_init(&attr) != 0 ||
+	    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) != 0 ||
+	    pthread_attr_setstacksize(&attr, o.stack) != 0) {
+		srv_warn(&s, "cannot start: %s", strerror(errno));
+		return SRV_EX_OSERR;
+	}
+	conn_wake_signals();
+	conn_wake_set(CONN_WAKE_LISTENER, lfd);
+	srv_ready(&s);
+	for (;;) {
+		if (s.max_conns)
+			conn_reg_wait_below(&reg, (size_t)s.max_conns);
+		fd = conn_accept_wait(&s, lfd, &peer, &reserve, &reg);
+		if (fd < 0)
+			break;
+		start(&s, &reg, &attr, fd, &peer);
+	}
+	if (fd != -EINTR)
+		srv_warn(&s, "accept: %s", strerror(-fd));
+	conn_wake_set(CONN_WAKE_LISTENER, -1);
+	close(lfd);
+	conn_reg_drain(&reg, STOP_GRACE_MS);
+	pthread_attr_destroy(&attr);
+	conn_reg_fini(&reg);
+	close(reserve);
+	return fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR;
+}
