@@ -341,7 +341,7 @@ stderr: $stderr"
 	local out=$BATS_TEST_TMPDIR/emfile pid line t0 t1 hz
 	run iotest echo "$SRV_ADDR"
 	assert_success
-	bg_iotest "$out" idle -k -P 3000 -n 100 "$SRV_ADDR"
+	bg_iotest "$out" idle -k -P 3000 -n 200 "$SRV_ADDR"
 	pid=$BG_PID
 	line=$(wait_line "$out" '^ready' 60 "$pid")
 	echo "# $line" >&3
