@@ -19,6 +19,7 @@
 #	fd_limit=1024			refuses connections whose descriptor is
 #					>= fd_limit (select's FD_SETSIZE): asserted
 #	scale=N				divide heavy loads by N (slow models)
+# A "-w N" in server=() is noted: per-worker limits (-m) scale with it.
 #
 # Model limits are asserted, never skipped: a model that cannot do
 # something must do the documented other thing instead.
@@ -83,6 +84,13 @@ load_conf() {
 		return 1
 	}
 	SERVER_CMD=("$top_builddir/${server[0]}" "${server[@]:1}")
+	# Worker processes or threads with their own accept queue (-w N):
+	# per-worker limits such as -m multiply by it.
+	local i
+	workers=1
+	for ((i = 1; i < ${#server[@]} - 1; i++)); do
+		[[ ${server[i]} == -w ]] && workers=${server[i + 1]}
+	done
 	NAME=${server[0]##*/}
 }
 
@@ -383,6 +391,47 @@ stderr: $stderr"
 	else
 		((t1 - t0 < hz / 20)) || fail "idle server used $((t1 - t0)) of $hz ticks in 1 s"
 	fi
+	stop_server
+}
+
+# ---- limits: -m and -t ---------------------------------------------------------
+
+@test "-m caps connections: the next client waits or is refused, then is served" {
+	start_server -m 2
+	local out=$BATS_TEST_TMPDIR/held pid line served
+	# More than the cap, tolerantly: past it, connections wait in the
+	# backlog (pending) or are refused (closed), as the model documents.
+	bg_iotest "$out" idle -k -P 1000 -n 20 "$SRV_ADDR"
+	pid=$BG_PID
+	line=$(wait_line "$out" '^ready' 30 "$pid")
+	echo "# -m 2 x $workers worker(s): $line" >&3
+	[[ $line =~ served=([0-9]+) ]]
+	served=${BASH_REMATCH[1]}
+	((served >= 1 && served <= 2 * workers)) ||
+		fail "-m 2 with $workers worker(s) served $served connections at once: $line"
+	# At the cap: a new client is not served.
+	run iotest echo -T 2 "$SRV_ADDR"
+	assert_failure
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "held clients: $(cat "$out" "$out.err")"
+	run iotest echo -T 10 "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "-t closes idle connections after the timeout, not before" {
+	start_server -t 1
+	local t0 t1
+	t0=$(date +%s%N)
+	# -h 0: no hold; then every connection must be closed by the server.
+	run iotest idle -E -h 0 -T 10 -n 3 "$SRV_ADDR"
+	t1=$(date +%s%N)
+	assert_success
+	(((t1 - t0) / 1000000 >= 900)) || fail "closed after $(((t1 - t0) / 1000000)) ms, before the 1 s timeout"
+	(((t1 - t0) / 1000000 < 5000)) || fail "closed only after $(((t1 - t0) / 1000000)) ms"
+	# A busy connection is not idle: a 2 s stream of round trips survives.
+	run iotest roundtrip -n 1 -m 20000 "$SRV_ADDR"
+	assert_success
 	stop_server
 }
 
