@@ -671,7 +671,7 @@ conn_event(struct bthread *t, struct conn *c, uint32_t ev, int64_t now)
 static void
 thread_launch(struct bthread *t, int64_t now)
 {
-	int i, n, *batch;
+	int i, k, n, nidle, *batch;
 
 	if (now < t->retry_at)
 		return;
@@ -686,11 +686,21 @@ thread_launch(struct bthread *t, int64_t now)
 		for (i = 0; i < n; i++)
 			conn_start(t, &t->conns[batch[i]]);
 	}
+	nidle = t->nconns - t->nactive;
 	while (t->next < t->nconns && t->connecting < BENCH_CONNECTING_MAX) {
-		if (opt.mode == MODE_CHURN && t->next < t->nactive &&
-		    !atomic_load(&run.go))
-			return;		/* churn starts at GO */
-		if (conn_start(t, &t->conns[t->next]) == -EAGAIN)
+		/*
+		 * Churn sets up its idle connections first and starts the
+		 * churning slots at GO; the other modes connect the active
+		 * ones first, so a server that serves one client at a time
+		 * gets an active one.
+		 */
+		k = t->next;
+		if (opt.mode == MODE_CHURN) {
+			if (k >= nidle && !atomic_load(&run.go))
+				return;
+			k = k < nidle ? t->nactive + k : k - nidle;
+		}
+		if (conn_start(t, &t->conns[k]) == -EAGAIN)
 			return;
 		t->next++;
 	}
