@@ -276,6 +276,7 @@ static struct {
 	atomic_int	go;
 	atomic_int	stop;		/* SIGINT, or the run is over */
 	atomic_long	setup_done;	/* connections set up, or failed */
+	atomic_int	measured;	/* the server has been looked at: close */
 	int64_t		t_go;		/* open loop schedule origin */
 	int64_t		t_start;	/* measured window [t_start, t_end) */
 	int64_t		t_end;
@@ -304,6 +305,7 @@ struct conn {
 	uint64_t	 tx;		/* bytes written */
 	uint64_t	 tx_goal;	/* bytes queued (written or not) */
 	uint64_t	 rx;		/* bytes received and checked */
+	uint64_t	 base;		/* stream offset of message 0 */
 	uint64_t	 sent;		/* messages queued */
 	uint64_t	 done;		/* messages whose echo is complete */
 	uint64_t	 inwin;		/* queued, stamped in the window, not done */
@@ -505,6 +507,7 @@ conn_read(struct bthread *t, struct conn *c, int64_t now)
 {
 	size_t want, off, got, len;
 	ssize_t n;
+	int i;
 
 	want = BENCH_RBUF;
 	if (c->tx_goal - c->rx < want && c->tx_goal > c->rx)
@@ -535,11 +538,19 @@ conn_read(struct bthread *t, struct conn *c, int64_t now)
 	}
 	c->rx += n;
 	if (c->state == CS_HELLO) {
-		c->state = CS_IDLE;
 		atomic_fetch_add(&run.setup_done, 1);
-		return;
+		if (c->idle) {
+			c->state = CS_IDLE;
+			return;
+		}
+		c->state = CS_RUNNING;
+		c->base = c->rx;
+		if (opt.mode == MODE_CLOSED)
+			for (i = 0; i < opt.depth; i++)
+				conn_queue(t, c, now);
+		/* Open loop: the schedule, not the set-up, says when. */
 	}
-	for (got = c->rx; c->done < c->sent &&
+	for (got = c->rx - c->base; c->done < c->sent &&
 	    got >= (c->done + 1) * opt.size;) {
 		conn_message_done(t, c, now);
 		if (c->state != CS_RUNNING)
@@ -564,7 +575,7 @@ conn_socket(struct bthread *t, struct conn *c)
 		return r;
 	}
 	c->fd = fd;
-	c->tx = c->tx_goal = c->rx = c->sent = c->done = 0;
+	c->tx = c->tx_goal = c->rx = c->base = c->sent = c->done = 0;
 	c->pollout = 0;
 	if (connect(fd, (const struct sockaddr *)&opt.addr.ss, opt.addr.len) == 0)
 		return 1;
@@ -614,7 +625,7 @@ conn_start(struct bthread *t, struct conn *c)
 static void
 conn_connected(struct bthread *t, struct conn *c)
 {
-	int err = 0, i;
+	int err = 0;
 	socklen_t len = sizeof(err);
 
 	if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
@@ -625,22 +636,18 @@ conn_connected(struct bthread *t, struct conn *c)
 		return;
 	}
 	t->connecting--;
-	if (c->idle) {
+	if (opt.mode == MODE_CHURN && !c->idle) {
+		c->state = CS_RUNNING;
+		conn_queue(t, c, c->t_conn);
+	} else {
+		/*
+		 * A connect completes in the kernel, before the server has
+		 * accepted: echo one byte first, so that when set-up is over
+		 * the server really holds every connection (its process or
+		 * thread exists, its descriptor is in its interest set).
+		 */
 		c->state = CS_HELLO;
 		c->tx_goal = 1;
-	} else {
-		c->state = CS_RUNNING;
-		if (opt.mode == MODE_CLOSED)
-			atomic_fetch_add(&run.setup_done, 1);
-		if (opt.mode == MODE_OPEN) {
-			atomic_fetch_add(&run.setup_done, 1);
-			/* Open loop: the schedule, not the connect, says when. */
-		} else if (opt.mode == MODE_CHURN) {
-			conn_queue(t, c, c->t_conn);
-		} else {
-			for (i = 0; i < opt.depth; i++)
-				conn_queue(t, c, now_ns());
-		}
 	}
 	if (conn_interest(t, c, EPOLLIN, EPOLL_CTL_MOD) < 0) {
 		conn_fail(t, c, errno);
@@ -847,6 +854,13 @@ thread_main(void *arg)
 	if (t->window == 1)		/* interrupted */
 		t->cpu1 = thread_cpu_ns();
 	thread_unfinished(t, now_ns());
+	/*
+	 * Keep the connections open until the main thread has read the
+	 * server's figures: a thread-per-connection server loses its
+	 * threads' CPU time, and every server its memory, when they close.
+	 */
+	while (!atomic_load(&run.measured))
+		usleep(1000);
 	for (i = 0; i < t->nconns; i++)
 		if (t->conns[i].fd >= 0)
 			close(t->conns[i].fd);
@@ -1743,8 +1757,14 @@ main(int argc, char **argv)
 	if (!opt.quiet && opt.out == OUT_TABLE)
 		fprintf(stderr, "%s: %d connections set up in %.2f s\n",
 		    BENCH_PROG, opt.conns + opt.idle, (now_ns() - t_setup) / 1e9);
+	/*
+	 * perf takes a while to attach to a large tree; "ping" is answered
+	 * once its control loop runs, so the window's "enable" is prompt.
+	 */
 	if (opt.syscalls && perf_start(&perf, opt.server_pid) < 0)
 		r.syscalls_why = perf.why;
+	else if (opt.syscalls && perf_cmd(&perf, "ping\n", 10000) < 0)
+		snprintf(perf.why, sizeof(perf.why), "perf did not start in 10 s");
 
 	run.t_go = now_ns();
 	run.t_start = run.t_go + opt.warmup;
@@ -1767,6 +1787,7 @@ main(int argc, char **argv)
 	if (r.have_srv && srv_snapshot(opt.server_pid, &r.s1, 1) < 0)
 		r.have_srv = 0;		/* it died under us */
 	atomic_store(&run.stop, 1);
+	atomic_store(&run.measured, 1);
 	if (perf.pid > 0) {
 		r.syscalls = perf_finish(&perf, perf_on);
 		if (r.syscalls < 0)
