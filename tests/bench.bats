@@ -1,0 +1,179 @@
+#!/usr/bin/env bats
+# echo-bench and the comparison report.
+#
+# echo-bench itself: usage errors, verification that catches a wrong echo,
+# the three modes, the machine-readable outputs.  The report: one
+# `tests/bench/run --quick` (under a minute) whose CSV, plots and summary
+# are checked for being there and sane, not for any figure's value: this
+# is a smoke test, the figures belong to `make bench`.
+#
+# By hand, from the build directory: tests/run-bats $top_srcdir/tests/bench.bats
+
+setup_file() {
+	export BENCH_OUT=$BATS_FILE_TMPDIR/report
+}
+
+setup() {
+	load helpers/common
+	BENCH=$top_builddir/src/echo-bench
+	SERVER_CMD=("$top_builddir/src/echo-epoll")
+	[[ -x $BENCH ]] || fail "$BENCH is not built"
+}
+
+teardown() {
+	cleanup_processes
+}
+
+# A CSV field of echo-bench's output (header line + one row) by name.
+csv_field() { # CSV-TEXT NAME
+	awk -F, -v name="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) c = i; next }
+	    NR == 2 { print $c }' <<<"$1"
+}
+
+@test "echo-bench: a bad command line exits 64 with a reason" {
+	run without_fd3 "$BENCH" -c -1
+	assert_equal "$status" 64
+	assert_output --partial "-c"
+	run without_fd3 "$BENCH" --syscalls 127.0.0.1:1
+	assert_equal "$status" 64
+	assert_output --partial "--server-pid"
+	run without_fd3 "$BENCH" -S nosuch
+	assert_equal "$status" 64
+	run without_fd3 "$BENCH" 'not an address'
+	assert_equal "$status" 64
+}
+
+@test "echo-bench: --help and --version on stdout, exit 0" {
+	run without_fd3 "$BENCH" --help
+	assert_success
+	assert_output --partial "--server-pid"
+	run without_fd3 "$BENCH" --version
+	assert_success
+	assert_output --partial "echo-bench"
+}
+
+@test "echo-bench: nobody listening is an error, not a crash" {
+	start_server
+	local addr=$SRV_ADDR
+	stop_server
+	run without_fd3 "$BENCH" -q -c 3 -D 0.2 -W 0 --connect-timeout 5 "$addr"
+	assert_equal "$status" 69
+	assert_output --partial "3 connection (3 connect)"
+}
+
+@test "echo-bench: closed loop against echo-epoll, every byte checked, server measured" {
+	start_server
+	run without_fd3 "$BENCH" -q --csv -c 20 -d 2 -s 1000 -i 50 -D 0.4 -W 0.1 \
+	    --server-pid "$SRV_PID" "$SRV_ADDR"
+	assert_success
+	assert_equal "$(csv_field "$output" mismatches)" 0
+	assert_equal "$(csv_field "$output" errors)" 0
+	assert_equal "$(csv_field "$output" stalled)" 0
+	(($(csv_field "$output" msgs) > 100)) || fail "too few messages: $output"
+	# The server did the work: some CPU time, per message, and memory.
+	awk -v v="$(csv_field "$output" server_cpu_us_per_msg)" 'BEGIN { exit !(v > 0 && v < 10000) }' ||
+	    fail "server CPU per message not sane: $output"
+	(($(csv_field "$output" server_mem_kb) > 0)) || fail "no server memory: $output"
+	stop_server
+}
+
+@test "echo-bench: a wrong echo is counted as a mismatch, exit 1" {
+	start_server -s upper
+	# Letters come back upper-cased: checked as echo, that is a mismatch.
+	run without_fd3 "$BENCH" -q --csv -c 4 -D 0.2 -W 0 "$SRV_ADDR"
+	assert_equal "$status" 1
+	(($(csv_field "$output" mismatches) >= 1)) || fail "no mismatch counted: $output"
+	# Checked as upper, it is right.
+	run without_fd3 "$BENCH" -q --csv -S upper -c 4 -D 0.2 -W 0 "$SRV_ADDR"
+	assert_success
+	assert_equal "$(csv_field "$output" mismatches)" 0
+	stop_server
+}
+
+@test "echo-bench: open loop keeps its rate, churn counts connections" {
+	start_server
+	run without_fd3 "$BENCH" -q --csv -c 10 -r 5000 -D 0.5 -W 0.1 "$SRV_ADDR"
+	assert_success
+	awk -v v="$(csv_field "$output" msgs_per_s)" 'BEGIN { exit !(v > 4500 && v < 5500) }' ||
+	    fail "open loop at 5000/s gave: $output"
+	run without_fd3 "$BENCH" -q --csv --churn -c 4 -D 0.3 -W 0.1 "$SRV_ADDR"
+	assert_success
+	awk -v v="$(csv_field "$output" conns_per_s)" 'BEGIN { exit !(v > 10) }' ||
+	    fail "churn gave: $output"
+	stop_server
+}
+
+@test "echo-bench: --json is one object with the CSV's figures" {
+	start_server
+	run without_fd3 "$BENCH" -q --json -c 2 -D 0.2 -W 0 "$SRV_ADDR"
+	assert_success
+	assert_equal "${#lines[@]}" 1
+	assert_output --regexp '^\{"label":"","mode":"closed",.*"p99_us":[0-9.]+,.*"mismatches":0,.*\}$'
+	stop_server
+}
+
+@test "echo-bench: --syscalls counts the server's system calls, or says why not" {
+	start_server
+	run without_fd3 "$BENCH" -q -c 5 -D 0.3 -W 0.1 --server-pid "$SRV_PID" --syscalls "$SRV_ADDR"
+	assert_success
+	if [[ $output == *"syscalls/msg not counted"* ]]; then
+		skip "perf cannot count here: $(grep 'not counted' <<<"$output")"
+	fi
+	# An epoll loop makes two to three system calls per echoed message.
+	local v
+	v=$(sed -n 's/^ *\([0-9.]*\) syscalls\/msg$/\1/p' <<<"$output")
+	awk -v v="$v" 'BEGIN { exit !(v >= 1 && v <= 4) }' || fail "syscalls/msg not sane: $output"
+	stop_server
+}
+
+# ---- the report ------------------------------------------------------------
+
+run_report() {
+	[[ -f $BENCH_OUT/summary.md ]] && return 0
+	without_fd3 timeout 170 "$top_srcdir/tests/bench/run" --quick --out "$BENCH_OUT" \
+	    >"$BATS_FILE_TMPDIR/report.log" 2>&1
+}
+
+@test "report: tests/bench/run --quick finishes and writes its files" {
+	run_report || fail "tests/bench/run --quick failed: $(tail -n 20 "$BATS_FILE_TMPDIR/report.log")"
+	local f
+	for f in raw.csv summary.csv summary.md; do
+		[[ -s $BENCH_OUT/$f ]] || fail "$f missing or empty"
+	done
+}
+
+@test "report: raw.csv has one sane row per run, no mismatch anywhere" {
+	run_report || skip "the report did not run"
+	run awk -F, 'NR == 1 { n = NF; for (i = 1; i <= NF; i++) c[$i] = i; next }
+	    NF != n { print "line " NR ": " NF " fields, header has " n; bad = 1 }
+	    $c["mismatches"] != 0 { print "line " NR ": mismatches"; bad = 1 }
+	    $c["msgs_per_s"] <= 0 { print "line " NR ": no throughput"; bad = 1 }
+	    END { exit bad || NR < 2 }' "$BENCH_OUT/raw.csv"
+	assert_success
+	# Every model built is in the summary, echo-epoll at least.
+	run grep -c '^echo-epoll,' "$BENCH_OUT/summary.csv"
+	assert_success
+	((output >= 3)) || fail "echo-epoll has $output points in summary.csv"
+}
+
+@test "report: the plots are real PNG and SVG files" {
+	run_report || skip "the report did not run"
+	command -v gnuplot >/dev/null || skip "gnuplot is not installed"
+	local p
+	for p in throughput cpu-conns cpu-idle latency syscalls memory; do
+		[[ $(head -c 8 "$BENCH_OUT/$p.png" | od -An -tx1 | tr -d ' \n') == 89504e470d0a1a0a ]] ||
+		    fail "$p.png is not a PNG"
+		(($(stat -c %s "$BENCH_OUT/$p.png") > 2000)) || fail "$p.png is nearly empty"
+		grep -q '<svg' "$BENCH_OUT/$p.svg" || fail "$p.svg is not an SVG"
+	done
+}
+
+@test "report: summary.md ranks the models and describes the machine" {
+	run_report || skip "the report did not run"
+	run cat "$BENCH_OUT/summary.md"
+	assert_output --partial "## Machine"
+	assert_output --partial "## Ranking"
+	assert_output --regexp '\| 1 \| [a-z-]+ \| [0-9.]+ \|'
+	assert_output --partial "| echo-epoll |"
+	assert_output --partial "## Targets"
+}
