@@ -12,7 +12,10 @@
 #					arguments; required
 #	requires=(liburing)		skip, saying why, when the build or the
 #					kernel lacks it
-#	concurrent=0			serves one client at a time (iterative):
+#	capacity=N			serves at most N clients at once (a thread
+#					pool of N, the iterative server's 1); the
+#					tests hold N and assert the next one waits
+#	concurrent=0			same as capacity=1 (iterative):
 #					tests assert that a second client waits
 #	spins=1				busy-polls by design: assert it burns CPU
 #					when idle instead of asserting it does not
@@ -76,13 +79,16 @@ probe_unavailable() {
 }
 
 load_conf() {
-	server=() requires=() concurrent=1 spins=0 fd_limit=0 scale=1
+	server=() requires=() concurrent=1 capacity=0 spins=0 fd_limit=0 scale=1
 	# shellcheck disable=SC1090
 	source "$IOMODELS_CONF"
 	((${#server[@]} > 0)) || {
 		echo "${IOMODELS_CONF}: no server=(...) line" >&2
 		return 1
 	}
+	((concurrent)) || capacity=1
+	# "one client at a time": the tests below then assert waiting.
+	((capacity == 1)) && concurrent=0
 	SERVER_CMD=("$top_builddir/${server[0]}" "${server[@]:1}")
 	# Worker processes or threads with their own accept queue (-w N):
 	# per-worker limits such as -m multiply by it.
@@ -301,7 +307,8 @@ stderr: $stderr"
 	ulimit -n 8192
 	start_server
 	local out=$BATS_TEST_TMPDIR/idle pid n=2000 line
-	((concurrent)) || n=1
+	# A model with a fixed capacity: hold that many, the next one waits.
+	((capacity)) && n=$capacity
 	if ((fd_limit)); then
 		bg_iotest "$out" idle -k -P 5000 -n "$n" "$SRV_ADDR"
 	else
@@ -319,13 +326,14 @@ stderr: $stderr"
 		run iotest echo -T 10 "$SRV_ADDR"
 		assert_failure
 		assert_output --partial "closed the connection early"
-	elif ((concurrent)); then
-		run iotest echo -T 10 "$SRV_ADDR"
-		assert_success
-	else
+	elif ((capacity)); then
+		# Documented: with all $capacity places taken, a client waits.
 		run iotest echo -T 2 "$SRV_ADDR"
 		assert_failure
 		assert_output --partial "timed out"
+	else
+		run iotest echo -T 10 "$SRV_ADDR"
+		assert_success
 	fi
 	release_bg "$pid"
 	((BG_STATUS == 0)) || fail "idle clients after release: $(cat "$out" "$out.err")"
@@ -440,7 +448,7 @@ stderr: $stderr"
 @test "SIGTERM with clients connected: exit 0, clients closed, nothing left" {
 	start_server
 	local out=$BATS_TEST_TMPDIR/held pid n=50
-	((concurrent)) || n=1
+	((capacity && capacity < n)) && n=$capacity
 	bg_iotest "$out" idle -E -n "$n" "$SRV_ADDR"
 	pid=$BG_PID
 	wait_line "$out" '^ready' 30 "$pid" >/dev/null

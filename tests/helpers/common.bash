@@ -136,10 +136,12 @@ wait_ready() { # PID LOG
 			wait "$pid" || st=$?
 			fail "server exited with status $st before it was ready; log:
 $(cat "$log")"
+			return 1
 		fi
 		if ((SECONDS >= end)); then
 			fail "no readiness line after ${READY_TIMEOUT}s; log:
 $(cat "$log")"
+			return 1
 		fi
 		sleep 0.02
 	done
@@ -149,10 +151,12 @@ $(cat "$log")"
 	SRV_SERVICE=${BASH_REMATCH[4]}
 	if [[ $SRV_NAME != "${SERVER_CMD[0]##*/}" ]]; then
 		fail "readiness line names '$SRV_NAME', not ${SERVER_CMD[0]##*/}: $line"
+		return 1
 	fi
 	# setsid must not have forked: the pid we hold is the server itself.
 	if [[ $(ps -o pgid= -p "$pid" | tr -d ' ') != "$pid" ]]; then
 		fail "server $pid is not its own process group leader"
+		return 1
 	fi
 }
 
@@ -169,11 +173,13 @@ stop_server() {
 $left
 log:
 $(cat "$SRV_LOG")"
+		return 1
 	fi
 	wait "$pid" || st=$?
 	if ((st != 0)); then
 		fail "server exited with status $st after SIG$sig (want 0); log:
 $(cat "$SRV_LOG")"
+		return 1
 	fi
 	# A child still running after its parent is gone is a leak; give the
 	# kernel a moment to finish tearing down what is exiting.
@@ -182,6 +188,7 @@ $(cat "$SRV_LOG")"
 		kill -KILL -- "-$pid" 2>/dev/null || true
 		fail "processes left behind after the server exited:
 $left"
+		return 1
 	fi
 }
 
@@ -220,7 +227,9 @@ bg_iotest() {
 }
 
 # wait_line FILE REGEX [SECONDS] [PID]: until a line of FILE matches;
-# fail early if PID (the writer) died first.  Prints the line.
+# fail early if PID (the writer) died first.  Prints the line.  Often run
+# as line=$(wait_line ...), where errexit does not apply: every failure
+# path returns explicitly.
 wait_line() {
 	local file=$1 re=$2 secs=${3:-30} pid=${4:-} end line
 	end=$((SECONDS + secs))
@@ -232,10 +241,12 @@ wait_line() {
 		if [[ -n $pid ]] && proc_dead "$pid"; then
 			fail "process $pid ended before printing /$re/:
 $(cat "$file" "$file.err" 2>/dev/null)"
+			return 1
 		fi
 		if ((SECONDS >= end)); then
 			fail "no line /$re/ in $file after ${secs}s:
 $(cat "$file" "$file.err" 2>/dev/null)"
+			return 1
 		fi
 		sleep 0.02
 	done
