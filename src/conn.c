@@ -253,6 +253,7 @@ conn_reg_del(struct conn_reg *r, int fd)
 	for (i = 0; i < r->n; i++)
 		if (r->fds[i] == fd) {
 			r->fds[i] = r->fds[--r->n];
+			r->dels++;
 			break;
 		}
 	pthread_cond_broadcast(&r->cv);
@@ -299,21 +300,25 @@ conn_reg_wait_below(struct conn_reg *r, size_t n)
 	pthread_mutex_unlock(&r->mu);
 }
 
-/* Wait up to MS for one of the registered to leave; 1 if one did. */
+/*
+ * Wait up to MS for one of the registered to leave (and so free its
+ * descriptor); 1 if one did.  Counted, not compared with the number
+ * registered: a busy pool takes a new one as soon as one leaves.
+ */
 static int
 reg_wait_drop(struct conn_reg *r, int ms)
 {
 	struct timespec ts;
-	size_t n0;
+	unsigned long d0;
 	int dropped;
 
 	pthread_mutex_lock(&r->mu);
-	n0 = r->n;
+	d0 = r->dels;
 	deadline_in(&ts, ms);
-	while (r->n >= n0 && n0 > 0 && !srv_stop)
+	while (r->dels == d0 && r->n > 0 && !srv_stop)
 		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
 			break;
-	dropped = r->n < n0;
+	dropped = r->dels != d0;
 	pthread_mutex_unlock(&r->mu);
 	return dropped;
 }

@@ -75,6 +75,7 @@ struct conn_reg {
 	pthread_cond_t	 cv;
 	int		*fds;
 	size_t		 n, cap;
+	unsigned long	 dels;		/* how many have left */
 	int		 closing;	/* draining: refuse new ones */
 };
 
