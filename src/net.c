@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,6 +287,42 @@ net_accept(int lfd, struct net_addr *peer, int flags)
 			continue;
 		return -errno;
 	}
+}
+
+int
+net_connect(const struct net_addr *a, int flags)
+{
+	struct pollfd pfd;
+	socklen_t len = sizeof(int);
+	int fd, err = 0, r;
+
+	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	/*
+	 * A connect() interrupted by a signal is not undone: it goes on in
+	 * the background, and calling connect() again says EALREADY.  Wait
+	 * for it to finish and read its outcome from SO_ERROR instead.
+	 */
+	if (connect(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
+		err = errno;
+		if (err == EINTR) {
+			pfd.fd = fd;
+			pfd.events = POLLOUT;
+			while ((r = poll(&pfd, 1, -1)) < 0 && errno == EINTR)
+				;
+			if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err,
+			    &len) < 0)
+				err = errno;
+		}
+	}
+	if (err == 0 && (flags & NET_NONBLOCK))
+		err = -net_set_nonblock(fd, 1);
+	if (err != 0) {
+		close(fd);
+		return -err;
+	}
+	return fd;
 }
 
 int

@@ -65,6 +65,13 @@ int	net_activated_fds(void);
 int	net_accept(int lfd, struct net_addr *peer, int flags);
 
 /*
+ * A blocking connect() to A (a client's side), close-on-exec; the socket
+ * is made non-blocking afterwards with NET_NONBLOCK.  Survives EINTR.
+ * Returns the descriptor or -errno (-ECONNREFUSED, -ENOENT, ...).
+ */
+int	net_connect(const struct net_addr *a, int flags);
+
+/*
  * EMFILE/ENFILE on accept: the pending connection stays in the backlog and
  * a level-triggered readiness API reports the listener readable again at
  * once, so a naive loop spins at 100% CPU.  The classic remedy: keep one

@@ -1,0 +1,402 @@
+/*
+ * rpc — the documents' ping RPC (-s rpc).
+ *
+ * A frame is a 4-byte length in network byte order and that many bytes of
+ * JSON.  {"in":"ping","params":P} is answered {"out":"pong","result":P};
+ * any other method with {"out":"error","result":"unknown method: NAME"}, a
+ * request that is not JSON (or not a request) with an error whose result
+ * says why, and the connection goes on.  A length above --max-frame is
+ * answered with an error and the connection is closed: the rest of the
+ * stream can no longer be trusted to be framed.
+ *
+ * (The documents pack the length with struct.pack("I"), the machine's own
+ * byte order: a little-endian client and a big-endian server would read
+ * each other's lengths byte-swapped.  Network order fixes that.)
+ *
+ * JSON is parsed and printed by jansson.  P comes back as the same JSON
+ * value: strings (with \u0000 and any Unicode), integers that fit in 64
+ * bits, reals as the same IEEE double (printed with 17 significant digits:
+ * 0.1 comes back as 0.10000000000000001, which reads back as 0.1), objects
+ * with their keys in order.  What cannot come back unchanged is refused
+ * with an error, never altered: integers beyond 64 bits, reals beyond a
+ * double's range, duplicate keys, invalid UTF-8 or lone surrogates.
+ *
+ * Pitfalls:
+ *   - a length field is a promise, not a fact: "3 GB follow" must not
+ *     allocate 3 GB, so a frame's buffer grows only as its bytes arrive
+ *     (and only for a frame cut by TCP: a frame whole in one read is
+ *     parsed where it lies);
+ *   - jansson parses and prints recursively: 500 nested brackets overflow
+ *     a 128 KiB thread stack (echo-thread's default), so nesting deeper
+ *     than RPC_MAX_DEPTH is refused before jansson sees it;
+ *   - many frames in one read: the answers are gathered and sent with one
+ *     reply call, not one write(2) per frame;
+ *   - frames cut anywhere give the same output (tests/fuzz/fuzz-rpc.c).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "service.h"
+
+#define RPC_MAX_DEPTH	64	/* nesting of [ and {, the request included */
+#define RPC_OUT_STACK	8192	/* answers gathered on the stack per input */
+#define RPC_BODY_MIN	256	/* first allocation for a frame cut by TCP */
+
+/*
+ * JSON_DECODE_ANY so that a request that is valid JSON but not an object
+ * gets a precise error; JSON_ALLOW_NUL so that "\u0000" comes back;
+ * JSON_REJECT_DUPLICATES because jansson would keep only the last of
+ * duplicate keys, and a changed value must not come back as an echo.
+ */
+#define RPC_DECODE	(JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES)
+#define RPC_ENCODE	(JSON_COMPACT | JSON_ENCODE_ANY)
+
+struct rpc {
+	uint8_t	 hdr[4];
+	uint8_t	 nhdr;		/* header bytes received */
+	uint8_t	 failed;	/* answered a fatal error: ignore the rest */
+	uint32_t need;		/* body length, once nhdr == 4 */
+	uint8_t	*body;		/* a frame cut by TCP, or NULL */
+	size_t	 got, cap;
+};
+
+/* Answers gathered during one input call. */
+struct rpc_out {
+	struct svc_sink	*sink;
+	uint8_t		*buf;
+	size_t		 len, cap;
+	int		 err;
+};
+
+static void
+put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+static void
+out_flush(struct rpc_out *o)
+{
+	int r;
+
+	if (o->len > 0 && o->err == 0 &&
+	    (r = o->sink->reply(o->sink, o->buf, o->len)) < 0)
+		o->err = r;
+	o->len = 0;
+}
+
+/*
+ * Print one answer, HEAD + RESULT + "}", after its length, at P (which has
+ * ROOM bytes).  Returns the frame's size; larger than ROOM means that
+ * nothing useful was written and that much room is needed.
+ */
+static size_t
+frame_at(uint8_t *p, size_t room, const char *head, const json_t *result)
+{
+	size_t hlen = strlen(head), n, body;
+
+	if (room < 4 + hlen + 1) {
+		n = json_dumpb(result, NULL, 0, RPC_ENCODE);
+		return n == 0 ? 0 : 4 + hlen + n + 1;
+	}
+	n = json_dumpb(result, (char *)p + 4 + hlen, room - 4 - hlen - 1,
+	    RPC_ENCODE);
+	if (n == 0)
+		return 0;
+	body = hlen + n + 1;
+	if (4 + body > room)
+		return 4 + body;
+	memcpy(p + 4, head, hlen);
+	p[4 + body - 1] = '}';
+	put_be32(p, (uint32_t)body);
+	return 4 + body;
+}
+
+static void out_error(struct rpc_out *, const char *);
+
+/*
+ * Append an answer.  The envelope is fixed text; only RESULT goes through
+ * jansson, printed straight into the gathering buffer when it fits, or
+ * into a buffer of its own when it is larger than that.
+ */
+static void
+out_answer(struct rpc_out *o, const char *out, const json_t *result)
+{
+	char head[32];
+	uint8_t *big;
+	size_t n;
+
+	if (o->err)
+		return;
+	snprintf(head, sizeof(head), "{\"out\":\"%s\",\"result\":", out);
+	n = frame_at(o->buf + o->len, o->cap - o->len, head, result);
+	if (n > 0 && n <= o->cap - o->len) {
+		o->len += n;
+		return;
+	}
+	if (n == 0 || n - 4 > UINT32_MAX) {
+		/* jansson ran out of memory, or no length field can say it. */
+		if (strcmp(out, "error") != 0)
+			out_error(o, "cannot encode the answer");
+		else
+			o->err = -ENOMEM;
+		return;
+	}
+	out_flush(o);
+	if (n <= o->cap) {
+		o->len = frame_at(o->buf, o->cap, head, result);
+		return;
+	}
+	if ((big = malloc(n)) == NULL) {
+		o->err = -ENOMEM;
+		return;
+	}
+	if (frame_at(big, n, head, result) == n && o->err == 0)
+		o->err = o->sink->reply(o->sink, big, n);
+	free(big);
+}
+
+static void
+out_error(struct rpc_out *o, const char *msg)
+{
+	json_t *s = json_string(msg);
+
+	if (s == NULL) {
+		o->err = -ENOMEM;
+		return;
+	}
+	out_answer(o, "error", s);
+	json_decref(s);
+}
+
+/*
+ * jansson's messages quote the offending input ("invalid token near
+ * '\xff...'"): keep them printable ASCII, so that the error is valid JSON.
+ */
+static void
+out_parse_error(struct rpc_out *o, const json_error_t *e)
+{
+	char msg[256];
+	char *p;
+
+	snprintf(msg, sizeof(msg), "malformed JSON: %s at byte %d", e->text,
+	    e->position);
+	for (p = msg; *p; p++)
+		if ((unsigned char)*p < ' ' || (unsigned char)*p > '~')
+			*p = '?';
+	out_error(o, msg);
+}
+
+/* "unknown method: NAME", NAME as sent (valid UTF-8, maybe with NULs). */
+static void
+out_unknown(struct rpc_out *o, const json_t *in)
+{
+	static const char pre[] = "unknown method: ";
+	size_t n = json_string_length(in);
+	json_t *s;
+	char *msg;
+
+	if ((msg = malloc(sizeof(pre) - 1 + n)) == NULL) {
+		o->err = -ENOMEM;
+		return;
+	}
+	memcpy(msg, pre, sizeof(pre) - 1);
+	memcpy(msg + sizeof(pre) - 1, json_string_value(in), n);
+	s = json_stringn(msg, sizeof(pre) - 1 + n);
+	free(msg);
+	if (s == NULL) {
+		o->err = -ENOMEM;
+		return;
+	}
+	out_answer(o, "error", s);
+	json_decref(s);
+}
+
+/*
+ * Nesting depth, counted outside strings.  Only a guard for the stack:
+ * whatever it lets through (valid or not) is jansson's to judge.
+ */
+static int
+too_deep(const uint8_t *p, size_t n)
+{
+	int depth = 0, instr = 0, esc = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (instr) {
+			if (esc)
+				esc = 0;
+			else if (p[i] == '\\')
+				esc = 1;
+			else if (p[i] == '"')
+				instr = 0;
+		} else if (p[i] == '"')
+			instr = 1;
+		else if (p[i] == '[' || p[i] == '{') {
+			if (++depth > RPC_MAX_DEPTH)
+				return 1;
+		} else if (p[i] == ']' || p[i] == '}')
+			depth--;
+	}
+	return 0;
+}
+
+static void
+serve_frame(const uint8_t *body, size_t len, struct rpc_out *o)
+{
+	json_error_t e;
+	json_t *req, *in, *params;
+	char msg[64];
+
+	if (too_deep(body, len)) {
+		snprintf(msg, sizeof(msg), "request nested deeper than %d levels",
+		    RPC_MAX_DEPTH);
+		out_error(o, msg);
+		return;
+	}
+	if ((req = json_loadb((const char *)body, len, RPC_DECODE, &e)) == NULL) {
+		out_parse_error(o, &e);
+		return;
+	}
+	in = json_object_get(req, "in");
+	if (!json_is_object(req))
+		out_error(o, "bad request: not a JSON object");
+	else if (!json_is_string(in))
+		out_error(o, "bad request: no \"in\" string");
+	else if (json_string_length(in) == 4 &&
+	    memcmp(json_string_value(in), "ping", 4) == 0) {
+		/* No params is a null one. */
+		params = json_object_get(req, "params");
+		if (params == NULL)
+			params = json_null();
+		out_answer(o, "pong", params);
+	} else
+		out_unknown(o, in);
+	json_decref(req);
+}
+
+/* Room for N more bytes of a cut frame, never past the frame's length. */
+static int
+body_grow(struct rpc *st, size_t n)
+{
+	size_t cap = st->cap ? st->cap : RPC_BODY_MIN;
+	uint8_t *p;
+
+	while (cap < st->got + n)
+		cap *= 2;
+	if (cap > st->need)
+		cap = st->need;
+	if (cap <= st->cap)
+		return 0;
+	if ((p = realloc(st->body, cap)) == NULL)
+		return -ENOMEM;
+	st->body = p;
+	st->cap = cap;
+	return 0;
+}
+
+static void
+body_free(struct rpc *st)
+{
+	free(st->body);
+	st->body = NULL;
+	st->got = st->cap = 0;
+}
+
+/* The header is complete: 0, or -EMSGSIZE after answering. */
+static int
+header_done(const struct svc_config *cfg, struct rpc *st, struct rpc_out *o)
+{
+	char msg[96];
+
+	st->need = (uint32_t)st->hdr[0] << 24 | (uint32_t)st->hdr[1] << 16 |
+	    (uint32_t)st->hdr[2] << 8 | st->hdr[3];
+	st->got = 0;
+	if (st->need <= cfg->max_frame)
+		return 0;
+	snprintf(msg, sizeof(msg), "frame too large: %lu bytes (max %zu)",
+	    (unsigned long)st->need, cfg->max_frame);
+	out_error(o, msg);
+	st->failed = 1;
+	return -EMSGSIZE;
+}
+
+static int
+rpc_input(const struct svc_config *cfg, void *state, const uint8_t *buf,
+    size_t len, struct svc_sink *sink)
+{
+	struct rpc *st = state;
+	uint8_t stack[RPC_OUT_STACK];
+	struct rpc_out o = { .sink = sink, .buf = stack, .cap = sizeof(stack) };
+	size_t n;
+	int r = 0;
+
+	if (st->failed)
+		return -EMSGSIZE;
+	while (len > 0 && o.err == 0 && r == 0) {
+		if (st->nhdr < 4) {
+			n = (size_t)(4 - st->nhdr);
+			if (n > len)
+				n = len;
+			memcpy(st->hdr + st->nhdr, buf, n);
+			st->nhdr += (uint8_t)n;
+			buf += n;
+			len -= n;
+			if (st->nhdr < 4)
+				break;
+			if ((r = header_done(cfg, st, &o)) < 0)
+				break;
+			if (len == 0 && st->need > 0)
+				break;	/* nothing allocated before a byte comes */
+		}
+		if (st->got == 0 && len >= st->need) {
+			/* The whole body is here: parse it where it lies. */
+			serve_frame(buf, st->need, &o);
+			buf += st->need;
+			len -= st->need;
+			st->nhdr = 0;
+			continue;
+		}
+		n = st->need - st->got < len ? st->need - st->got : len;
+		if (body_grow(st, n) < 0) {
+			o.err = -ENOMEM;
+			break;
+		}
+		memcpy(st->body + st->got, buf, n);
+		st->got += n;
+		buf += n;
+		len -= n;
+		if (st->got == st->need) {
+			serve_frame(st->body, st->need, &o);
+			/* Idle connections hold no buffer. */
+			body_free(st);
+			st->nhdr = 0;
+		}
+	}
+	out_flush(&o);
+	return o.err ? o.err : r;
+}
+
+static void
+rpc_close(const struct svc_config *cfg, void *state, struct svc_sink *sink)
+{
+	(void)cfg;
+	(void)sink;
+	body_free(state);
+}
+
+const struct svc svc_rpc = {
+	.name = "rpc",
+	.state_size = sizeof(struct rpc),
+	.input = rpc_input,
+	.close = rpc_close,
+};
