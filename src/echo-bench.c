@@ -50,6 +50,10 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 
+#ifdef BENCH_WITH_URING
+#include <liburing.h>
+#endif
+
 #include "net.h"
 
 #define BENCH_PROG	"echo-bench"
@@ -69,6 +73,7 @@
 #define BENCH_RBUF	(64 * 1024)
 #define BENCH_CONNECTING_MAX 64		/* connects in progress per thread */
 #define BENCH_DRAIN_NS	(2 * NS)	/* wait for late echoes after the end */
+#define BENCH_PERF_MAX_TASKS 2048
 #define NS		1000000000LL
 
 /* ---- latency histogram --------------------------------------------------- */
@@ -163,6 +168,7 @@ hist_quantile(const struct hist *h, double q)
 /* ---- options ------------------------------------------------------------ */
 
 enum bench_mode { MODE_CLOSED, MODE_OPEN, MODE_CHURN };
+enum bench_engine { ENGINE_AUTO, ENGINE_EPOLL, ENGINE_URING };
 enum bench_out { OUT_TABLE, OUT_CSV, OUT_JSON };
 
 struct bench_proto;
@@ -183,6 +189,7 @@ struct bench_opts {
 	int64_t		 connect_timeout; /* ns */
 	pid_t		 server_pid;
 	int		 syscalls;	/* run perf on the server */
+	int		 engine;	/* ENGINE_* */
 	int		 header;	/* CSV header line */
 	int		 quiet;
 	const char	*label;
@@ -300,6 +307,9 @@ struct conn {
 	uint8_t		 state;
 	uint8_t		 idle;
 	uint8_t		 pollout;	/* EPOLLOUT in the interest set */
+	uint8_t		 on_ring;	/* its bytes move through io_uring */
+	uint8_t		 sending;	/* io_uring: a send is in flight */
+	uint8_t		*buf;		/* io_uring: its receive buffer */
 	uint32_t	 idx;		/* among the thread's active ones */
 	uint32_t	 seed;		/* pattern offset of byte 0 */
 	uint64_t	 tx;		/* bytes written */
@@ -324,6 +334,12 @@ struct bthread {
 	int		 nactive;
 	int64_t		*stamps;
 	uint8_t		*rbuf;
+#ifdef BENCH_WITH_URING
+	struct io_uring	*ring;		/* NULL: the epoll engine */
+	uint8_t		*cbufs;		/* the running connections' buffers */
+	size_t		 cbuf_size;
+	int		 epoll_armed;	/* the epoll fd is polled by the ring */
+#endif
 
 	int		 next;		/* next connection to launch */
 	int		 connecting;
@@ -348,6 +364,7 @@ struct bthread {
 	uint64_t	 unfinished;
 	uint64_t	 idle_lost;	/* idle connections closed by the server */
 	int		 last_err;	/* errno of the last error, for the report */
+	int		 used_ring;	/* ran on the io_uring engine */
 };
 
 static void
@@ -369,6 +386,13 @@ conn_fail(struct bthread *t, struct conn *c, int err)
 	t->inwin -= c->inwin;
 	t->unfinished += c->inwin;
 	c->inwin = 0;
+	/*
+	 * A recv in flight on io_uring holds a reference to the socket, so
+	 * close() alone would neither end it nor send our FIN: shut down
+	 * first, and the recv completes (its completion finds CS_DEAD).
+	 */
+	if (c->fd >= 0 && c->on_ring)
+		shutdown(c->fd, SHUT_RDWR);
 	if (c->fd >= 0)
 		close(c->fd);	/* also leaves the epoll set */
 	c->fd = -1;
@@ -496,18 +520,75 @@ conn_message_done(struct bthread *t, struct conn *c, int64_t now)
 		conn_queue(t, c, now);
 }
 
+static void uring_adopt(struct bthread *t, struct conn *c);
+static void uring_send(struct bthread *t, struct conn *c);
+
+/* Bytes are queued: get them moving, whichever engine carries them. */
+static void
+conn_kick(struct bthread *t, struct conn *c)
+{
+	if (c->on_ring)
+		uring_send(t, c);
+	else if (!c->pollout)
+		conn_flush(t, c);
+}
+
+/* N bytes of echo arrived in BUF at NOW: check them, count messages. */
+static void
+conn_input(struct bthread *t, struct conn *c, const uint8_t *buf, size_t n,
+    int64_t now)
+{
+	size_t off, got;
+	int i;
+
+	if ((uint64_t)n > c->tx_goal - c->rx) {
+		/* More than we ever sent: the server invented bytes. */
+		t->mismatches++;
+		conn_fail(t, c, 0);
+		return;
+	}
+	off = (c->seed + c->rx) % BENCH_PATLEN;
+	if (!opt.proto->check(bench_pat + off, buf, n)) {
+		t->mismatches++;
+		conn_fail(t, c, 0);
+		return;
+	}
+	c->rx += n;
+	if (c->state == CS_HELLO) {
+		atomic_fetch_add(&run.setup_done, 1);
+		if (c->idle) {
+			c->state = CS_IDLE;
+			return;
+		}
+		c->state = CS_RUNNING;
+		c->base = c->rx;
+		uring_adopt(t, c);
+		if (opt.mode == MODE_CLOSED)
+			for (i = 0; i < opt.depth; i++)
+				conn_queue(t, c, now);
+		/* Open loop: the schedule, not the set-up, says when. */
+	}
+	for (got = c->rx - c->base; c->done < c->sent &&
+	    got >= (c->done + 1) * opt.size;) {
+		conn_message_done(t, c, now);
+		if (c->state != CS_RUNNING)
+			return;
+	}
+	if (c->tx_goal > c->tx)
+		conn_kick(t, c);
+}
+
 /*
- * Readable.  One read per event: with one message in flight the whole
- * echo usually comes in one piece, and if more is left level-triggered
- * epoll reports the socket again; reading on until EAGAIN would cost a
- * second system call per message for nothing.
+ * Readable (epoll engine).  One read per event: with one message in
+ * flight the whole echo usually comes in one piece, and if more is left
+ * level-triggered epoll reports the socket again; reading on until EAGAIN
+ * would cost a second system call per message for nothing.
  */
 static void
 conn_read(struct bthread *t, struct conn *c, int64_t now)
 {
-	size_t want, off, got, len;
+	size_t want;
 	ssize_t n;
-	int i;
 
 	want = BENCH_RBUF;
 	if (c->tx_goal - c->rx < want && c->tx_goal > c->rx)
@@ -524,41 +605,7 @@ conn_read(struct bthread *t, struct conn *c, int64_t now)
 		conn_fail(t, c, c->idle && c->state == CS_IDLE ? 0 : ECONNRESET);
 		return;
 	}
-	if ((uint64_t)n > c->tx_goal - c->rx) {
-		/* More than we ever sent: the server invented bytes. */
-		t->mismatches++;
-		conn_fail(t, c, 0);
-		return;
-	}
-	off = (c->seed + c->rx) % BENCH_PATLEN;
-	if (!opt.proto->check(bench_pat + off, t->rbuf, n)) {
-		t->mismatches++;
-		conn_fail(t, c, 0);
-		return;
-	}
-	c->rx += n;
-	if (c->state == CS_HELLO) {
-		atomic_fetch_add(&run.setup_done, 1);
-		if (c->idle) {
-			c->state = CS_IDLE;
-			return;
-		}
-		c->state = CS_RUNNING;
-		c->base = c->rx;
-		if (opt.mode == MODE_CLOSED)
-			for (i = 0; i < opt.depth; i++)
-				conn_queue(t, c, now);
-		/* Open loop: the schedule, not the set-up, says when. */
-	}
-	for (got = c->rx - c->base; c->done < c->sent &&
-	    got >= (c->done + 1) * opt.size;) {
-		conn_message_done(t, c, now);
-		if (c->state != CS_RUNNING)
-			return;
-	}
-	len = c->tx_goal - c->tx;
-	if (len && !c->pollout)
-		conn_flush(t, c);
+	conn_input(t, c, t->rbuf, n, now);
 }
 
 static int
@@ -672,6 +719,216 @@ conn_event(struct bthread *t, struct conn *c, uint32_t ev, int64_t now)
 		conn_flush(t, c);
 }
 
+/* ---- the io_uring engine ------------------------------------------------ */
+
+/*
+ * The client must cost less per message than the cheapest server it
+ * drives, or it measures itself.  With epoll it makes a recv and a send
+ * per message, much what an epoll server makes; through io_uring a whole
+ * batch of sends and receives, over every connection, costs one
+ * io_uring_enter.  Set-up (connect, the one-byte hello) and idle
+ * connections stay on epoll, whose descriptor the ring polls; a connection
+ * moves to the ring once it runs, with one recv and at most one send in
+ * flight (two sends in flight on one socket could be reordered).
+ * Connections are not reused in these modes, so a completion that
+ * arrives after its connection died finds it CS_DEAD and is dropped.
+ */
+#ifdef BENCH_WITH_URING
+
+#define UD_RECV		0x1
+#define UD_SEND		0x2
+#define UD_EPOLL	((void *)0x3)
+#define UD_TAGS		0x3
+
+static struct io_uring_sqe *
+uring_sqe(struct bthread *t)
+{
+	struct io_uring_sqe *sqe;
+
+	/* The SQ is full: hand the kernel what is queued, then go on. */
+	while ((sqe = io_uring_get_sqe(t->ring)) == NULL)
+		io_uring_submit(t->ring);
+	return sqe;
+}
+
+static void
+uring_recv(struct bthread *t, struct conn *c)
+{
+	struct io_uring_sqe *sqe = uring_sqe(t);
+
+	io_uring_prep_recv(sqe, c->fd, c->buf, t->cbuf_size, 0);
+	io_uring_sqe_set_data(sqe, (void *)((uintptr_t)c | UD_RECV));
+}
+
+static void
+uring_send(struct bthread *t, struct conn *c)
+{
+	struct io_uring_sqe *sqe;
+	size_t len, off;
+
+	if (c->sending || c->tx >= c->tx_goal)
+		return;
+	off = (c->seed + c->tx) % BENCH_PATLEN;
+	len = c->tx_goal - c->tx;
+	if (len > BENCH_WINDOW)
+		len = BENCH_WINDOW;
+	sqe = uring_sqe(t);
+	io_uring_prep_send(sqe, c->fd, bench_pat + off, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data(sqe, (void *)((uintptr_t)c | UD_SEND));
+	c->sending = 1;
+}
+
+/* A connection that has said hello leaves epoll for the ring. */
+static void
+uring_adopt(struct bthread *t, struct conn *c)
+{
+	if (!t->ring || c->idle)
+		return;
+	epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	c->pollout = 0;
+	c->on_ring = 1;
+	c->buf = t->cbufs + (size_t)c->idx * t->cbuf_size;
+	uring_recv(t, c);
+}
+
+static void
+uring_complete(struct bthread *t, struct io_uring_cqe *cqe, int64_t now)
+{
+	struct epoll_event ev[256];
+	uintptr_t ud = (uintptr_t)io_uring_cqe_get_data(cqe);
+	struct conn *c = (struct conn *)(ud & ~(uintptr_t)UD_TAGS);
+	int i, n, res = cqe->res;
+
+	if ((void *)ud == UD_EPOLL) {
+		/* Multishot: re-armed once the kernel says it has ended. */
+		if (!(cqe->flags & IORING_CQE_F_MORE))
+			t->epoll_armed = 0;
+		n = epoll_wait(t->epfd, ev, 256, 0);
+		for (i = 0; i < n; i++)
+			conn_event(t, ev[i].data.ptr, ev[i].events, now);
+		return;
+	}
+	if ((ud & UD_TAGS) == UD_SEND) {
+		c->sending = 0;
+		if (c->state != CS_RUNNING)
+			return;
+		if (res < 0 && res != -EINTR && res != -EAGAIN) {
+			conn_fail(t, c, -res);
+			return;
+		}
+		if (res > 0)
+			c->tx += res;	/* short send: the rest goes next */
+		uring_send(t, c);
+		return;
+	}
+	if (c->state != CS_RUNNING)
+		return;
+	if (res == -EINTR || res == -EAGAIN || res == -ENOBUFS) {
+		uring_recv(t, c);
+		return;
+	}
+	if (res <= 0) {
+		conn_fail(t, c, res == 0 ? ECONNRESET : -res);
+		return;
+	}
+	conn_input(t, c, c->buf, res, now);
+	if (c->state == CS_RUNNING)
+		uring_recv(t, c);
+}
+
+/* Submit what is queued and wait up to NS for completions; handle them. */
+static int
+uring_wait(struct bthread *t, int64_t ns)
+{
+	struct __kernel_timespec ts = { ns / NS, ns % NS };
+	struct io_uring_sqe *sqe;
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+	int64_t now;
+	int r;
+
+	if (!t->epoll_armed) {
+		sqe = uring_sqe(t);
+		io_uring_prep_poll_multishot(sqe, t->epfd, POLLIN);
+		io_uring_sqe_set_data(sqe, UD_EPOLL);
+		t->epoll_armed = 1;
+	}
+	r = io_uring_submit_and_wait_timeout(t->ring, &cqe, 1, &ts, NULL);
+	if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY)
+		return r;
+	now = now_ns();
+	io_uring_for_each_cqe(t->ring, head, cqe) {
+		uring_complete(t, cqe, now);
+		n++;
+	}
+	io_uring_cq_advance(t->ring, n);
+	return 0;
+}
+
+/*
+ * A ring for thread T, or NULL (the epoll engine) when io_uring is not
+ * there or not allowed.  Big enough a completion queue that a recv and a
+ * send per connection can never overflow it.
+ */
+static struct io_uring *
+uring_make(struct bthread *t)
+{
+	struct io_uring_params p;
+	struct io_uring *ring;
+	unsigned cq = 2 * (unsigned)t->nactive + 64;
+
+	if ((ring = calloc(1, sizeof(*ring))) == NULL)
+		return NULL;
+	memset(&p, 0, sizeof(p));
+	/* The thread is the ring's only user: completions run when it waits. */
+	p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER |
+	    IORING_SETUP_DEFER_TASKRUN;
+	p.cq_entries = cq < 4096 ? 4096 : cq;
+	if (io_uring_queue_init_params(1024, ring, &p) < 0) {
+		memset(&p, 0, sizeof(p));
+		p.flags = IORING_SETUP_CQSIZE;
+		p.cq_entries = cq < 4096 ? 4096 : cq;
+		if (io_uring_queue_init_params(1024, ring, &p) < 0) {
+			free(ring);
+			return NULL;
+		}
+	}
+	t->cbuf_size = opt.size * opt.depth;
+	if (t->cbuf_size < 512)
+		t->cbuf_size = 512;
+	if (t->cbuf_size > BENCH_RBUF)
+		t->cbuf_size = BENCH_RBUF;
+	t->cbufs = malloc((size_t)(t->nactive ? t->nactive : 1) * t->cbuf_size);
+	if (t->cbufs == NULL)
+		abort();
+	return ring;
+}
+
+static void
+uring_free(struct bthread *t)
+{
+	if (!t->ring)
+		return;
+	io_uring_queue_exit(t->ring);	/* cancels what is still in flight */
+	free(t->ring);
+	free(t->cbufs);
+	t->ring = NULL;
+}
+
+#else	/* !BENCH_WITH_URING */
+
+static void
+uring_send(struct bthread *t, struct conn *c)
+{
+}
+
+static void
+uring_adopt(struct bthread *t, struct conn *c)
+{
+}
+
+#endif
+
 /* ---- the load thread ---------------------------------------------------- */
 
 /* Launch connections, a window at a time, actives first. */
@@ -736,8 +993,7 @@ thread_schedule(struct bthread *t, int64_t now)
 		if (c->sent == 0)
 			c->kbase = t->issued / t->nactive;
 		conn_queue(t, c, open_stamp(t, c, c->sent));
-		if (!c->pollout)
-			conn_flush(t, c);
+		conn_kick(t, c);
 	}
 }
 
@@ -813,6 +1069,13 @@ thread_main(void *arg)
 	int64_t now, deadline = 0;
 	int go, i, n;
 
+#ifdef BENCH_WITH_URING
+	/* Made here: SINGLE_ISSUER binds the ring to the task that makes it. */
+	if (opt.engine == ENGINE_URING && (t->ring = uring_make(t)) == NULL)
+		fprintf(stderr, "%s: warning: thread %d: no io_uring, using "
+		    "epoll\n", BENCH_PROG, t->id);
+	t->used_ring = t->ring != NULL;
+#endif
 	for (;;) {
 		now = now_ns();
 		go = atomic_load_explicit(&run.go, memory_order_acquire);
@@ -842,6 +1105,16 @@ thread_main(void *arg)
 			thread_launch(t, now);
 		if (go && opt.mode == MODE_OPEN)
 			thread_schedule(t, now);
+#ifdef BENCH_WITH_URING
+		if (t->ring) {
+			if ((n = uring_wait(t, thread_timeout(t, go, now))) < 0) {
+				fprintf(stderr, "%s: io_uring_enter: %s\n",
+				    BENCH_PROG, strerror(-n));
+				break;
+			}
+			continue;
+		}
+#endif
 		n = thread_wait(t, ev, 256, thread_timeout(t, go, now));
 		if (n < 0 && errno != EINTR) {
 			perror(BENCH_PROG ": epoll_wait");
@@ -864,6 +1137,9 @@ thread_main(void *arg)
 	for (i = 0; i < t->nconns; i++)
 		if (t->conns[i].fd >= 0)
 			close(t->conns[i].fd);
+#ifdef BENCH_WITH_URING
+	uring_free(t);
+#endif
 	return NULL;
 }
 
@@ -1062,6 +1338,23 @@ struct perf {
 	char	why[160];	/* when it could not count */
 };
 
+static size_t
+proc_ntasks(pid_t pid)
+{
+	char path[64];
+	struct dirent *de;
+	size_t n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	if ((d = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
 static int
 perf_start(struct perf *p, pid_t root)
 {
@@ -1074,6 +1367,19 @@ perf_start(struct perf *p, pid_t root)
 	p->pid = -1;
 	if ((nt = tree_pids(root, &tree)) < 0) {
 		snprintf(p->why, sizeof(p->why), "no server process tree");
+		return -1;
+	}
+	/*
+	 * perf opens one counter per task, and attaching to thousands (a
+	 * thread or a process per connection) takes longer than a run.
+	 */
+	for (len = 0, i = 0; i < nt; i++)
+		len += proc_ntasks(tree[i]);
+	if (len > BENCH_PERF_MAX_TASKS) {
+		snprintf(p->why, sizeof(p->why), "the server has %zu tasks, "
+		    "more than perf attaches to in time (%d)", len,
+		    BENCH_PERF_MAX_TASKS);
+		free(tree);
 		return -1;
 	}
 	if ((pids = malloc((size_t)nt * 12 + 1)) == NULL)
@@ -1181,6 +1487,7 @@ struct result {
 	uint64_t	 msgs, cycles, errors, connect_fail, mismatches;
 	uint64_t	 unfinished, idle_lost, stalled;
 	int		 last_err;
+	int		 ring_threads;	/* threads that ran on io_uring */
 	int		 connected, idle_up;
 	double		 secs;
 	double		 client_cpu;	/* fraction of a core */
@@ -1197,6 +1504,14 @@ out_num(FILE *f, double v, int prec)
 	if (isnan(v) || v < 0)
 		return;
 	fprintf(f, "%.*f", prec, v);
+}
+
+static const char *
+engine_name(const struct result *r)
+{
+	if (r->ring_threads == 0)
+		return "epoll";
+	return r->ring_threads == opt.threads ? "io_uring" : "mixed";
 }
 
 static const char *
@@ -1280,7 +1595,7 @@ print_csv(const struct result *r)
 		printf("label,mode,service,addr");
 		for (i = 0; i < n; i++)
 			printf(",%s", f[i].name);
-		printf("\n");
+		printf(",engine\n");
 	}
 	printf("%s,%s,%s,%s", opt.label ? opt.label : "", mode_name(),
 	    opt.proto->name, opt.addrstr);
@@ -1288,7 +1603,7 @@ print_csv(const struct result *r)
 		putchar(',');
 		out_num(stdout, f[i].v, f[i].prec);
 	}
-	printf("\n");
+	printf(",%s\n", engine_name(r));
 }
 
 static void
@@ -1324,7 +1639,7 @@ print_json(const struct result *r)
 		else
 			out_num(stdout, f[i].v, f[i].prec);
 	}
-	printf(",\"syscalls_note\":");
+	printf(",\"engine\":\"%s\",\"syscalls_note\":", engine_name(r));
 	if (r->syscalls_why)
 		json_str(r->syscalls_why);
 	else
@@ -1344,8 +1659,8 @@ print_table(const struct result *r)
 		printf(", depth %d", opt.depth);
 	if (opt.mode == MODE_OPEN)
 		printf(", %.0f msg/s offered", opt.rate);
-	printf(", %zu B, %d thread%s, %.2f s\n", opt.size, opt.threads,
-	    opt.threads > 1 ? "s" : "", r->secs);
+	printf(", %zu B, %d %s thread%s, %.2f s\n", opt.size, opt.threads,
+	    engine_name(r), opt.threads > 1 ? "s" : "", r->secs);
 	printf("  throughput  %.0f msg/s  %.2f MB/s", msgs / r->secs,
 	    msgs * opt.size / r->secs / 1e6);
 	if (opt.mode == MODE_CHURN)
@@ -1394,7 +1709,8 @@ usage(FILE *f)
 {
 	fprintf(f,
 "usage: %s [-c CONNS] [-d DEPTH] [-s SIZE] [-D SECONDS] [-W SECONDS]\n"
-"                  [-r RATE] [-i IDLE] [-T THREADS] [--churn] [-S SERVICE]\n"
+"                  [-r RATE] [-i IDLE] [-T THREADS] [-E ENGINE] [--churn]\n"
+"                  [-S SERVICE]\n"
 "                  [--server-pid PID [--syscalls]] [--csv [--no-header] | --json]\n"
 "                  [--label TEXT] [-p PORT] [ADDR]\n"
 "Load an echo server and measure it.  ADDR: HOST[:PORT], [V6][:PORT] or\n"
@@ -1408,6 +1724,7 @@ usage(FILE *f)
 "  -i, --idle N           idle connections (echo one byte, then silent)\n"
 "      --churn            connect, echo one message, close: connections/s\n"
 "  -T, --threads N        load threads (1)\n"
+"  -E, --engine NAME      auto (io_uring if it can, else epoll), epoll, uring\n"
 "  -S, --service NAME     echo or upper (what the replies are checked as)\n"
 "      --server-pid PID   report the CPU time, scheduling and memory of PID\n"
 "                         and all its descendants\n"
@@ -1469,6 +1786,40 @@ parse_int(const char *name, const char *arg, long long min, long long max,
 	return v;
 }
 
+/*
+ * io_uring when it is built in and the kernel lets us make a ring (it may
+ * be disabled: kernel.io_uring_disabled, seccomp); epoll otherwise.
+ * Churn stays on epoll: a connection there lives for one message.
+ */
+static void
+engine_choose(void)
+{
+#ifdef BENCH_WITH_URING
+	struct io_uring ring;
+	int r = -ENOSYS;
+
+	if (opt.engine != ENGINE_EPOLL && opt.mode != MODE_CHURN) {
+		if ((r = io_uring_queue_init(8, &ring, 0)) == 0)
+			io_uring_queue_exit(&ring);
+	}
+	if (r == 0) {
+		opt.engine = ENGINE_URING;
+		return;
+	}
+	if (opt.engine == ENGINE_URING && opt.mode == MODE_CHURN)
+		bad_usage("-E uring: churn mode runs on epoll");
+	if (opt.engine == ENGINE_URING) {
+		fprintf(stderr, "%s: io_uring is not available: %s\n", BENCH_PROG,
+		    strerror(-r));
+		exit(BENCH_EX_UNAVAILABLE);
+	}
+#else
+	if (opt.engine == ENGINE_URING)
+		bad_usage("-E uring: built without liburing");
+#endif
+	opt.engine = ENGINE_EPOLL;
+}
+
 enum {
 	OPT_CHURN = 256, OPT_SERVER_PID, OPT_SYSCALLS, OPT_CSV, OPT_JSON,
 	OPT_NO_HEADER, OPT_LABEL, OPT_CONNECT_TIMEOUT, OPT_VERSION
@@ -1492,6 +1843,7 @@ parse_args(int argc, char **argv)
 		{ "label", 1, NULL, OPT_LABEL },
 		{ "connect-timeout", 1, NULL, OPT_CONNECT_TIMEOUT },
 		{ "version", 0, NULL, OPT_VERSION },
+		{ "engine", 1, NULL, 'E' },
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *target = "127.0.0.1", *svc = "echo";
@@ -1505,7 +1857,7 @@ parse_args(int argc, char **argv)
 	opt.warmup = 1 * NS;
 	opt.connect_timeout = 30 * NS;
 	opt.header = 1;
-	while ((ch = getopt_long(argc, argv, "c:d:s:D:W:r:i:T:S:p:qh", lo,
+	while ((ch = getopt_long(argc, argv, "c:d:s:D:W:r:i:T:S:p:E:qh", lo,
 	    NULL)) != -1) {
 		switch (ch) {
 		case 'c':
@@ -1534,6 +1886,17 @@ parse_args(int argc, char **argv)
 			break;
 		case 'S':
 			svc = optarg;
+			break;
+		case 'E':
+			if (strcmp(optarg, "auto") == 0)
+				opt.engine = ENGINE_AUTO;
+			else if (strcmp(optarg, "epoll") == 0)
+				opt.engine = ENGINE_EPOLL;
+			else if (strcmp(optarg, "uring") == 0)
+				opt.engine = ENGINE_URING;
+			else
+				bad_usage("-E: '%s' is not auto, epoll or uring",
+				    optarg);
 			break;
 		case 'p':
 			port = parse_int("-p", optarg, 1, 65535, 0);
@@ -1602,6 +1965,7 @@ parse_args(int argc, char **argv)
 		bad_usage("--syscalls needs --server-pid");
 	if (opt.threads > opt.conns + opt.idle)
 		opt.threads = opt.conns + opt.idle;
+	engine_choose();
 }
 
 /* ---- set-up and the run ------------------------------------------------- */
@@ -1814,6 +2178,7 @@ main(int argc, char **argv)
 		r.client_cpu += (t->cpu1 - t->cpu0) / 1e9 / r.secs;
 		if (t->last_err)
 			r.last_err = t->last_err;
+		r.ring_threads += t->used_ring;
 		if (opt.mode != MODE_CHURN)
 			for (k = 0; k < t->nactive; k++)
 				r.stalled += t->conns[k].state != CS_DEAD &&

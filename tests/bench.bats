@@ -77,6 +77,25 @@ csv_field() { # CSV-TEXT NAME
 	stop_server
 }
 
+@test "echo-bench: both engines carry big pipelined messages intact (short reads and writes)" {
+	start_server
+	local e
+	for e in epoll uring; do
+		if [[ $e == uring ]] && ! "$BENCH" --help | grep -q -- '--engine'; then
+			continue
+		fi
+		run without_fd3 "$BENCH" -q --csv -E "$e" -c 8 -d 4 -s 48k -D 0.3 -W 0.1 "$SRV_ADDR"
+		if [[ $e == uring && $status == 69 ]]; then
+			continue	# io_uring not allowed here: said so, exit 69
+		fi
+		assert_success
+		assert_equal "$(csv_field "$output" mismatches)" 0
+		assert_equal "$(csv_field "$output" errors)" 0
+		(($(csv_field "$output" msgs) > 8)) || fail "-E $e: too few messages: $output"
+	done
+	stop_server
+}
+
 @test "echo-bench: a wrong echo is counted as a mismatch, exit 1" {
 	start_server -s upper
 	# Letters come back upper-cased: checked as echo, that is a mismatch.
