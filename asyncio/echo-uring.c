@@ -277,6 +277,7 @@ struct useg {
 #define C_HOLDER	0x2000	/* holds ring buffers: on the holders list */
 #define C_DOOMED	0x4000	/* to be closed after the current completion */
 #define C_CLOSESENT	0x8000	/* the close request is armed */
+#define C_PARKED	0x10000	/* accepted past -m: waits, no request armed */
 
 /* What a connection wants armed at the next flush. */
 #define W_RECV		0x01
@@ -316,7 +317,7 @@ LIST_HEAD(conn_l, conn);
 struct ustats {
 	unsigned long long enters, cqes, recvs, sends, short_sends, enobufs;
 	unsigned long long sq_full, cq_overflow, rearms, copies, evictions;
-	unsigned long long pauses, refused, shed, bufbugs, accepts;
+	unsigned long long pauses, parked, shed, bufbugs, accepts, emfile;
 };
 
 struct shared;
@@ -337,6 +338,8 @@ struct worker {
 
 	int			 lfd, reserve, wake_fd;
 	int			 accept_armed, accept_cancel, accept_ok;
+	int			 emfile;	/* out of descriptors: poll, shed */
+	uint64_t		 accept_ud;	/* what is armed: to cancel it */
 	int			 wake_armed, recv_ok_seen;
 	int64_t			 accept_resume;
 	int			 stopping;
@@ -350,9 +353,9 @@ struct worker {
 	uint8_t			*bheld;		/* buffer id is ours, not the kernel's */
 	unsigned		 nbufs, brmask, br_pending, nheld, max_held;
 	size_t			 bufsize;
-	int			 buf_returned, starved;
+	int			 starved;
 
-	struct conn_tq		 live, linger, closing, dirty, bufwait;
+	struct conn_tq		 live, linger, closing, parked, dirty, bufwait;
 	struct conn_l		 holders;
 	struct conn		*doomed;
 	int			 nconns;	/* open */
@@ -380,7 +383,8 @@ struct shared {
  * the low 3 bits (connections and workers are at least 8-byte aligned).
  * The kernel hands it back untouched; it is also the key to cancel by.
  */
-enum { UD_IGNORE, UD_ACCEPT, UD_RECV, UD_SEND, UD_CANCEL, UD_CLOSE, UD_WAKE };
+enum { UD_IGNORE, UD_ACCEPT, UD_RECV, UD_SEND, UD_CANCEL, UD_CLOSE, UD_WAKE,
+    UD_LPOLL };
 
 static inline uint64_t
 ud_make(void *p, int type)
@@ -514,7 +518,6 @@ buf_return(struct worker *w, unsigned bid)
 	io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * w->bufsize,
 	    (unsigned)w->bufsize, (unsigned short)bid, (int)w->brmask,
 	    (int)w->br_pending++);
-	w->buf_returned = 1;
 }
 
 static void
@@ -750,6 +753,23 @@ sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 }
 
 static void
+conn_start(struct worker *w, struct conn *c)
+{
+	const struct srv *s = w->s;
+
+	c->last = w->now;
+	TAILQ_INSERT_TAIL(&w->live, c, lru);
+	w->nconns++;
+	if (s->verbose > 1)
+		srv_debug(s, "open %s", c->peer ? c->peer : "");
+	if (svc_open(s->svc, &s->svc_cfg, c->state, &c->sink) < 0) {
+		conn_close(w, c);
+		return;
+	}
+	want(w, c, W_RECV);
+}
+
+static void
 conn_new(struct worker *w, int fd)
 {
 	const struct srv *s = w->s;
@@ -775,18 +795,21 @@ conn_new(struct worker *w, int fd)
 		c->sink.peer = c->peer;
 	}
 	(void)net_set_nodelay(fd);
-	c->last = w->now;
-	TAILQ_INSERT_TAIL(&w->live, c, lru);
-	w->nconns++;
 	w->nalloc++;
 	w->st.accepts++;
-	if (s->verbose > 1)
-		srv_debug(s, "open %s", c->peer ? c->peer : "");
-	if (svc_open(s->svc, &s->svc_cfg, c->state, &c->sink) < 0) {
-		conn_close(w, c);
+	if (s->max_conns && w->nconns >= s->max_conns) {
+		/*
+		 * Past -m: a multishot accept takes every connection in the
+		 * backlog before our cancel reaches it.  Park the extra ones
+		 * (no request, no buffer): to the client it is the same as
+		 * waiting in the backlog, and it is served when a slot frees.
+		 */
+		c->flags |= C_PARKED;
+		TAILQ_INSERT_TAIL(&w->parked, c, lru);
+		w->st.parked++;
 		return;
 	}
-	want(w, c, W_RECV);
+	conn_start(w, c);
 }
 
 /*
@@ -799,9 +822,17 @@ conn_new(struct worker *w, int fd)
 static void
 conn_close(struct worker *w, struct conn *c)
 {
+	struct conn *p;
+
 	if (c->flags & C_CLOSING)
 		return;
 	c->flags |= C_CLOSING;
+	if (c->flags & C_PARKED) {
+		TAILQ_REMOVE(&w->parked, c, lru);
+		TAILQ_INSERT_TAIL(&w->closing, c, lru);
+		conn_check_free(w, c);
+		return;
+	}
 	svc_close(w->s->svc, &w->s->svc_cfg, c->state, &c->sink);
 	if (c->flags & C_LINGER)
 		TAILQ_REMOVE(&w->linger, c, lru);
@@ -818,6 +849,12 @@ conn_close(struct worker *w, struct conn *c)
 	if (c->flags & (C_RECV | C_SEND))
 		want(w, c, W_CANCEL_ALL);
 	conn_check_free(w, c);
+	if (!w->stopping && (p = TAILQ_FIRST(&w->parked)) != NULL) {
+		/* A slot is free: serve the longest waiting. */
+		TAILQ_REMOVE(&w->parked, p, lru);
+		p->flags &= ~C_PARKED;
+		conn_start(w, p);
+	}
 }
 
 /* The last request has completed: give back buffers, close the socket. */
@@ -840,6 +877,7 @@ conn_destroy(struct worker *w, struct conn *c)
 	if (c->flags & C_DIRTY)
 		TAILQ_REMOVE(&w->dirty, c, dirty);
 	TAILQ_REMOVE(&w->closing, c, lru);
+	w->emfile = 0;		/* a descriptor is free again: accept */
 	free(c->peer);
 	free(c);
 	w->nalloc--;
@@ -1088,7 +1126,7 @@ static void
 on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 {
 	const struct srv *s = w->s;
-	int res = cqe->res, r;
+	int res = cqe->res;
 
 	if (!(cqe->flags & IORING_CQE_F_MORE)) {
 		w->accept_armed = 0;
@@ -1096,13 +1134,10 @@ on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 	}
 	if (res >= 0) {
 		w->accept_ok = 1;
-		if (w->stopping || (s->max_conns && w->nconns >= s->max_conns)) {
-			/* Raced with the cancel at the limit: refuse it. */
-			w->st.refused++;
+		if (w->stopping)
 			close(res);
-			return;
-		}
-		conn_new(w, res);
+		else
+			conn_new(w, res);
 		return;
 	}
 	switch (-res) {
@@ -1116,28 +1151,57 @@ on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 			break;
 		}
 		/* FALLTHROUGH */
+	case EMFILE:
+	case ENFILE:
+		/*
+		 * Out of descriptors.  io_uring's accept takes a descriptor
+		 * slot before it looks at the backlog, so it fails at once
+		 * even with nobody waiting: re-arming it would spin.  Watch
+		 * the listener instead until descriptors are free again
+		 * (on_lpoll).
+		 */
+		if (!w->emfile)
+			srv_log(s, "out of descriptors (%s): shedding new "
+			    "connections until some close", strerror(-res));
+		w->emfile = 1;
+		w->st.emfile++;
+		break;
 	default:
-		if (res == -EMFILE || res == -ENFILE) {
-			/*
-			 * Out of descriptors: the connection stays in the
-			 * backlog, and re-arming at once would fail at once,
-			 * forever.  Shed it with the reserve descriptor (the
-			 * client sees a close), then re-arm.
-			 */
-			r = net_accept_shed(w->lfd, &w->reserve);
-			if (r > 0) {
-				w->st.shed++;
-				srv_log(s, "out of descriptors (%s): refused a "
-				    "connection", strerror(-res));
-				break;
-			}
-			if (r == 0)
-				break;
-		}
 		if (res != -ECONNABORTED && res != -EINTR)
 			srv_warn(s, "accept: %s", strerror(-res));
 		w->accept_resume = w->now + ACCEPT_PAUSE_MS;
 	}
+}
+
+/*
+ * The listener is readable while we are out of descriptors: try a real
+ * accept (a thread or a close may have freed one), else shed the pending
+ * connection with the reserve descriptor: the client sees an orderly close
+ * instead of hanging in the backlog, and the poll, re-armed, fires again
+ * only for the next one.
+ */
+static void
+on_lpoll(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	int fd, r;
+
+	w->accept_armed = 0;
+	w->accept_cancel = 0;
+	if (cqe->res < 0 || w->stopping)
+		return;
+	fd = net_accept(w->lfd, NULL, 0);
+	if (fd >= 0) {
+		w->emfile = 0;
+		conn_new(w, fd);
+		return;
+	}
+	if (fd != -EMFILE && fd != -ENFILE)
+		return;
+	r = net_accept_shed(w->lfd, &w->reserve);
+	if (r > 0)
+		w->st.shed++;
+	else if (r < 0)
+		w->accept_resume = w->now + ACCEPT_PAUSE_MS;
 }
 
 static void begin_stop(struct worker *);
@@ -1191,6 +1255,9 @@ on_cqe(struct worker *w, const struct io_uring_cqe *cqe)
 		break;
 	case UD_WAKE:
 		on_wake(w);
+		break;
+	case UD_LPOLL:
+		on_lpoll(w, cqe);
 		break;
 	default:
 		break;
@@ -1368,13 +1435,16 @@ sync_accept(struct worker *w)
 	if (on && !w->accept_armed) {
 		if ((sqe = ur_sqe(w)) == NULL)
 			return;
-		if (w->ms_accept)
+		if (w->emfile)
+			io_uring_prep_poll_add(sqe, w->lfd, POLLIN);
+		else if (w->ms_accept)
 			io_uring_prep_multishot_accept(sqe, w->lfd, NULL, NULL,
 			    SOCK_CLOEXEC);
 		else
 			io_uring_prep_accept(sqe, w->lfd, NULL, NULL,
 			    SOCK_CLOEXEC);
-		ud_set(sqe, w, UD_ACCEPT);
+		w->accept_ud = ud_make(w, w->emfile ? UD_LPOLL : UD_ACCEPT);
+		io_uring_sqe_set_data64(sqe, w->accept_ud);
 		w->accept_armed = 1;
 	} else if (!on && w->accept_armed && !w->accept_cancel) {
 		/*
@@ -1384,7 +1454,7 @@ sync_accept(struct worker *w)
 		 */
 		if ((sqe = ur_sqe(w)) == NULL)
 			return;
-		io_uring_prep_cancel64(sqe, ud_make(w, UD_ACCEPT), 0);
+		io_uring_prep_cancel64(sqe, w->accept_ud, 0);
 		ud_set(sqe, NULL, UD_IGNORE);
 		w->accept_cancel = 1;
 	}
@@ -1401,25 +1471,27 @@ flush(struct worker *w)
 {
 	struct io_uring_sqe *sqe;
 	struct conn *c;
+	unsigned n;
 
 	if (w->starved) {
 		w->starved = 0;
 		evict(w);
 	}
 	/*
-	 * Buffers came back: every connection waiting for one tries again
-	 * (all of them: a recv takes a buffer only when its data arrives,
-	 * so re-arming fewer could leave the rest waiting with buffers
-	 * free).  Those that lose the race get ENOBUFS and wait again.
+	 * Buffers are free: as many connections waiting for one as there
+	 * are free buffers try again, oldest first.  Re-arming them all
+	 * would be a thundering herd: with 2 buffers and 300 waiters, 298
+	 * fresh ENOBUFS per buffer returned.  A re-armed recv takes a
+	 * buffer only once its data arrives, so some may leave theirs
+	 * unused: next_deadline() then brings us back soon for the rest.
 	 */
-	if (w->buf_returned && w->nheld < w->nbufs) {
-		while ((c = TAILQ_FIRST(&w->bufwait)) != NULL) {
-			TAILQ_REMOVE(&w->bufwait, c, bufwait);
-			c->flags &= ~C_BUFWAIT;
-			want(w, c, W_RECV);
-		}
+	for (n = w->nbufs - w->nheld; n > 0; n--) {
+		if ((c = TAILQ_FIRST(&w->bufwait)) == NULL)
+			break;
+		TAILQ_REMOVE(&w->bufwait, c, bufwait);
+		c->flags &= ~C_BUFWAIT;
+		want(w, c, W_RECV);
 	}
-	w->buf_returned = 0;
 	sync_accept(w);
 	if (!w->wake_armed && !w->stopping && (sqe = ur_sqe(w)) != NULL) {
 		/*
@@ -1465,6 +1537,8 @@ begin_stop(struct worker *w)
 	}
 	while ((c = TAILQ_FIRST(&w->linger)) != NULL)
 		conn_close(w, c);
+	while ((c = TAILQ_FIRST(&w->parked)) != NULL)
+		conn_close(w, c);
 	run_doomed(w);
 }
 
@@ -1508,6 +1582,8 @@ next_deadline(const struct worker *w)
 		    w->stop_deadline - w->now : 100);
 	if (w->accept_resume > w->now)
 		EARLIER(w->accept_resume - w->now);
+	if (!TAILQ_EMPTY(&w->bufwait) && w->nheld < w->nbufs)
+		EARLIER(1);	/* buffers free, waiters left: see flush() */
 #undef EARLIER
 	return t;
 }
@@ -1749,6 +1825,7 @@ worker_init(struct worker *w)
 	TAILQ_INIT(&w->live);
 	TAILQ_INIT(&w->linger);
 	TAILQ_INIT(&w->closing);
+	TAILQ_INIT(&w->parked);
 	TAILQ_INIT(&w->dirty);
 	TAILQ_INIT(&w->bufwait);
 	LIST_INIT(&w->holders);
@@ -1868,11 +1945,12 @@ print_stats(const struct worker *w)
 	srv_debug(w->s, "worker %d: %llu enters, %llu cqes, %llu accepts, "
 	    "%llu recvs, %llu sends, %llu short-sends, %llu enobufs, "
 	    "%llu sq-full, %llu cq-overflow, %llu rearms, %llu copies, "
-	    "%llu evictions, %llu pauses, %llu refused, %llu shed, "
-	    "%u buffers held, %llu buffer-errors", w->id, t->enters, t->cqes,
-	    t->accepts, t->recvs, t->sends, t->short_sends, t->enobufs,
-	    t->sq_full, t->cq_overflow, t->rearms, t->copies, t->evictions,
-	    t->pauses, t->refused, t->shed, w->nheld, t->bufbugs);
+	    "%llu evictions, %llu pauses, %llu parked, %llu emfile, "
+	    "%llu shed, %u buffers held, %llu buffer-errors", w->id,
+	    t->enters, t->cqes, t->accepts, t->recvs, t->sends,
+	    t->short_sends, t->enobufs, t->sq_full, t->cq_overflow, t->rearms,
+	    t->copies, t->evictions, t->pauses, t->parked, t->emfile,
+	    t->shed, w->nheld, t->bufbugs);
 }
 
 static void *
