@@ -22,6 +22,9 @@
 #	fd_limit=1024			refuses connections whose descriptor is
 #					>= fd_limit (select's FD_SETSIZE): asserted
 #	scale=N				divide heavy loads by N (slow models)
+#	settle=SECONDS			a model that keeps polling for a while after
+#					activity (SQPOLL's sq_thread_idle): wait
+#					that long before measuring idle CPU
 # A "-w N" in server=() is noted: per-worker limits (-m) scale with it.
 #
 # Model limits are asserted, never skipped: a model that cannot do
@@ -79,7 +82,7 @@ probe_unavailable() {
 }
 
 load_conf() {
-	server=() requires=() concurrent=1 capacity=0 spins=0 fd_limit=0 scale=1
+	server=() requires=() concurrent=1 capacity=0 spins=0 fd_limit=0 scale=1 settle=0
 	# shellcheck disable=SC1090
 	source "$IOMODELS_CONF"
 	((${#server[@]} > 0)) || {
@@ -366,6 +369,7 @@ stderr: $stderr"
 	# Measure over one second while the table is full: a server that spins
 	# on the pending connections burns that whole second.
 	hz=$(getconf CLK_TCK)
+	[[ $settle == 0 ]] || sleep "$settle"
 	t0=$(group_cpu_ticks "$SRV_PID")
 	sleep 1
 	t1=$(group_cpu_ticks "$SRV_PID")
@@ -389,6 +393,7 @@ stderr: $stderr"
 	run iotest echo "$SRV_ADDR"
 	assert_success
 	hz=$(getconf CLK_TCK)
+	[[ $settle == 0 ]] || sleep "$settle"
 	t0=$(group_cpu_ticks "$SRV_PID")
 	sleep 1
 	t1=$(group_cpu_ticks "$SRV_PID")
