@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -769,9 +770,11 @@ conn_readable(struct conn_loop *lp, struct conn *c)
 			 * Half-close: the peer sends no more but may still
 			 * read.  Finish the output first, then close.
 			 */
+			lp->progress++;
 			c->flags |= CONN_EOF;
 			break;
 		}
+		lp->progress++;
 		if (c->flags & CONN_LINGER)
 			continue;	/* discarding until the peer closes */
 		touch(lp, c);
@@ -812,11 +815,15 @@ conn_readable(struct conn_loop *lp, struct conn *c)
 void
 conn_writable(struct conn_loop *lp, struct conn *c)
 {
+	size_t pending;
 	int r;
 
 	if (c->flags & (CONN_DEAD | CONN_DOOMED) || c->pending == 0)
 		return;
+	pending = c->pending;
 	r = flush_out(c);
+	if (c->pending != pending)
+		lp->progress++;
 	if (r < 0) {
 		if (!is_reset(-r))
 			srv_debug(lp->srv, "write: %s", strerror(-r));
@@ -917,6 +924,7 @@ conn_accept(struct conn_loop *lp)
 			refuse_fd(lp, fd, &peer);
 			continue;
 		}
+		lp->progress++;
 		(void)net_set_nodelay(fd);
 		c = conn_new(lp, fd, &peer);
 		if (c == NULL) {
@@ -1035,6 +1043,21 @@ conn_begin_stop(struct conn_loop *lp)
 			update(lp, c);
 		}
 	}
+}
+
+int
+conn_signalfd(struct conn_loop *lp, int sfd)
+{
+	struct signalfd_siginfo si;
+	int got = 0;
+
+	while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		srv_debug(lp->srv, "signal %u: stopping", si.ssi_signo);
+		got = 1;
+	}
+	if (got)
+		conn_begin_stop(lp);
+	return got;
 }
 
 int

@@ -155,6 +155,7 @@ struct conn_loop {
 	int			 stopping;
 	int64_t			 stop_deadline;
 	int			 nconns;
+	unsigned long		 progress;	/* bytes moved, accepts, EOFs */
 	struct conn_list	 live, linger;
 	struct conn		*dead, *doomed, *again;
 	uint8_t			*rbuf;
@@ -206,6 +207,9 @@ void	conn_run_again(struct conn_loop *);
  * get a grace period to flush.  conn_loop_done() once all are closed.
  */
 void	conn_begin_stop(struct conn_loop *);
+/* Drain the non-blocking signalfd SFD (srv_signals_block()); a stop
+ * signal begins the stop.  Returns 1 when one came. */
+int	conn_signalfd(struct conn_loop *, int sfd);
 int	conn_loop_done(const struct conn_loop *);
 
 #endif
