@@ -400,7 +400,9 @@ stderr: $stderr"
 	echo "# idle server CPU: $((t1 - t0)) of $hz ticks in 1 s" >&3
 	if ((spins)); then
 		# Documented: the busy-wait model burns a CPU even with nothing to do.
-		((t1 - t0 > hz / 2)) || fail "a busy-polling server used only $((t1 - t0)) ticks"
+		# On a shared 2-core machine it gets its share, not a whole CPU:
+		# a fifth is still four times what an idle server may use.
+		((t1 - t0 > hz / 5)) || fail "a busy-polling server used only $((t1 - t0)) ticks"
 	else
 		((t1 - t0 < hz / 20)) || fail "idle server used $((t1 - t0)) of $hz ticks in 1 s"
 	fi
