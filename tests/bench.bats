@@ -149,7 +149,7 @@ csv_field() { # CSV-TEXT NAME
 
 run_report() {
 	[[ -f $BENCH_OUT/summary.md ]] && return 0
-	without_fd3 timeout 170 "$top_srcdir/tests/bench/run" --quick --out "$BENCH_OUT" \
+	without_fd3 timeout 170 bash "$top_srcdir/tests/bench/run" --quick --out "$BENCH_OUT" \
 	    >"$BATS_FILE_TMPDIR/report.log" 2>&1
 }
 
