@@ -571,6 +571,13 @@ reap_dead(struct conn_loop *lp)
 static void
 conn_linger(struct conn_loop *lp, struct conn *c)
 {
+	/*
+	 * Input that arrives while lingering ends in after_flush() again
+	 * (CONN_CLOSE stays set): moving the connection to the linger list
+	 * a second time would link it to itself.
+	 */
+	if (c->flags & CONN_LINGER)
+		return;
 	if (shutdown(c->fd, SHUT_WR) < 0) {
 		conn_close(lp, c);
 		return;
