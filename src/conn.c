@@ -753,8 +753,8 @@ sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 	return 0;
 }
 
-void
-conn_readable(struct conn_loop *lp, struct conn *c)
+static void
+readable(struct conn_loop *lp, struct conn *c, int drain)
 {
 	const struct srv *s = lp->srv;
 	ssize_t n;
@@ -802,9 +802,10 @@ conn_readable(struct conn_loop *lp, struct conn *c)
 		 * A short read means the receive queue was empty a moment
 		 * ago; what arrives later is reported again (level-triggered)
 		 * or notified afresh (a signal per arrival), so the read that
-		 * would only say EAGAIN is skipped.
+		 * would only say EAGAIN is skipped.  Not when draining: an
+		 * EOF already queued behind the data would never be heard of.
 		 */
-		if ((size_t)n < s->bufsize)
+		if ((size_t)n < s->bufsize && !drain)
 			break;
 	}
 	if (i == READS_PER_EVENT)
@@ -817,6 +818,18 @@ conn_readable(struct conn_loop *lp, struct conn *c)
 		after_flush(lp, c);
 	else
 		update(lp, c);
+}
+
+void
+conn_readable(struct conn_loop *lp, struct conn *c)
+{
+	readable(lp, c, 0);
+}
+
+void
+conn_drain(struct conn_loop *lp, struct conn *c)
+{
+	readable(lp, c, 1);
 }
 
 void
@@ -917,10 +930,16 @@ conn_accept(struct conn_loop *lp)
 		if (fd == -EAGAIN)
 			return 0;
 		if (fd == -EMFILE || fd == -ENFILE) {
-			/* Not accepting would leave it pending, reported forever. */
-			if (net_accept_shed(lp->lfd, &lp->reserve) > 0)
+			/*
+			 * Not accepting would leave it pending, reported
+			 * forever; shed it.  An edge-style model hears of the
+			 * ones behind it no more: it comes back for them.
+			 */
+			if (net_accept_shed(lp->lfd, &lp->reserve) > 0) {
 				srv_log(s, "out of descriptors (%s): "
 				    "refused a connection", strerror(-fd));
+				lp->accept_again = 1;
+			}
 			return 0;
 		}
 		if (fd < 0) {
@@ -960,7 +979,7 @@ conn_run_again(struct conn_loop *lp)
 		list = c->again_next;
 		c->flags &= ~CONN_AGAIN;
 		if (conn_interest(c) & CONN_WANT_READ)
-			conn_readable(lp, c);
+			conn_drain(lp, c);
 		conn_event_done(lp);
 	}
 }

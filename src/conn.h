@@ -178,8 +178,13 @@ unsigned conn_interest(const struct conn *);
  */
 int	conn_accept(struct conn_loop *);
 
-/* The descriptor is readable / writable (or in error: either will do). */
+/*
+ * The descriptor is readable / writable (or in error: either will do).
+ * conn_drain() reads on past a short read, until EAGAIN: for input that
+ * will not be notified again (edge-style models, after lost signals).
+ */
 void	conn_readable(struct conn_loop *, struct conn *);
+void	conn_drain(struct conn_loop *, struct conn *);
 void	conn_writable(struct conn_loop *, struct conn *);
 
 /* After each event: close the connections doomed during it. */
