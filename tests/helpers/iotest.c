@@ -70,6 +70,7 @@ static struct {
 	int		 ping_ms;	/* -P */
 	int		 stall_ms;	/* -t */
 	int		 fill;		/* -F: halfclose once the server stops reading */
+	int		 duration_ms;	/* -D: roundtrip for this long */
 } opt = {
 	.timeout_ms = 30000,
 	.hold_ms = 120000,
@@ -78,6 +79,7 @@ static struct {
 };
 
 static int64_t	deadline;		/* ms, monotonic */
+static int64_t	stop_at;		/* roundtrip -D: last round trip starts */
 static volatile sig_atomic_t released;
 
 static int64_t
@@ -518,6 +520,10 @@ conn_run(struct conn *c)
 		return;
 	do {
 		progress = 0;
+		/* -D: between two round trips, past the time: the last one. */
+		if (stop_at != 0 && c->msize != 0 && c->rx == c->tx &&
+		    c->tx < c->len && now_ms() >= stop_at)
+			c->len = c->tx;
 		switch (conn_write(c)) {
 		case -1:
 			return;
@@ -1085,17 +1091,25 @@ cmd_roundtrip(void)
 	int64_t t0, ms;
 	double secs;
 
+	uint64_t total = 0;
+
+	if (opt.duration_ms != 0 && opt.m == 0)
+		m = 100000000;
 	for (i = 0; i < n; i++) {
 		cs[i].msize = size;
 		cs[i].window = size;
 		cs[i].len = size * (uint64_t)m;
 	}
 	t0 = now_ms();
+	if (opt.duration_ms != 0)
+		stop_at = t0 + opt.duration_ms;
 	engine_run(cs, (size_t)n, 1);
 	ms = now_ms() - t0;
 	secs = ms > 0 ? ms / 1000.0 : 0.001;
-	say("round trips: %ld in %.3f s (%.0f/s), %ld connections x %ld x %" PRIu64 " bytes",
-	    n * m, secs, n * m / secs, n, m, size);
+	for (i = 0; i < n; i++)
+		total += cs[i].len / size;
+	say("round trips: %" PRIu64 " in %.3f s (%.0f/s), %ld connections x %" PRIu64
+	    " bytes", total, secs, (double)total / secs, n, size);
 	return 0;
 }
 
@@ -1116,7 +1130,8 @@ static const struct {
 	{ "slowreader", cmd_slowreader, "send without reading until blocked, hold, drain" },
 	{ "idle", cmd_idle, "-n idle connections (2000), \"ready ...\", hold, check" },
 	{ "churn", cmd_churn, "-n times (1000) connect, echo -s bytes (64), close" },
-	{ "roundtrip", cmd_roundtrip, "-n connections x -m round trips of -s bytes (128)" },
+	{ "roundtrip", cmd_roundtrip, "-n connections x -m round trips of -s bytes (128),\n"
+	    "              or as many as -D SECS allows" },
 };
 
 static void __attribute__((noreturn))
@@ -1170,7 +1185,7 @@ main(int argc, char **argv)
 	opt.cmd = argv[1];
 	opt.seed = (uint64_t)getpid() ^ (uint64_t)time(NULL) << 16;
 	optind = 2;
-	while ((ch = getopt(argc, argv, "n:m:s:d:f:UT:r:w:S:kEh:iP:t:F")) != -1) {
+	while ((ch = getopt(argc, argv, "n:m:s:d:f:UT:r:w:S:kEh:iP:t:FD:")) != -1) {
 		switch (ch) {
 		case 'n': opt.n = (long)num(optarg, 1, 10000000); break;
 		case 'm': opt.m = (long)num(optarg, 1, 100000000); break;
@@ -1188,6 +1203,7 @@ main(int argc, char **argv)
 		case 'i': opt.hold_stdin = 1; break;
 		case 'P': opt.ping_ms = (int)num(optarg, 1, 3600000); break;
 		case 'F': opt.fill = 1; break;
+		case 'D': opt.duration_ms = (int)num(optarg, 1, 3600) * 1000; break;
 		case 't': opt.stall_ms = (int)num(optarg, 1, 3600000); break;
 		default: usage(NULL);
 		}
