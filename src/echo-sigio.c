@@ -40,10 +40,9 @@
 #include "net.h"
 #include "server.h"
 
-#define SIGNALS_PER_BATCH	256
-
 struct sigio {
 	int		 rtsig;
+	pid_t		 self;		/* F_SETOWN: signal this process */
 	int		 lfd;		/* the listener, while open */
 	struct conn	**byfd;
 	int		 cap;
@@ -52,9 +51,9 @@ struct sigio {
 
 /* Deliver RTSIG, with the descriptor in si_fd, for every event on FD. */
 static int
-arm(int fd, int rtsig)
+arm(int fd, int rtsig, pid_t self)
 {
-	if (fcntl(fd, F_SETOWN, getpid()) < 0 ||
+	if (fcntl(fd, F_SETOWN, self) < 0 ||
 	    fcntl(fd, F_SETSIG, rtsig) < 0 ||
 	    fcntl(fd, F_SETFL, O_NONBLOCK | O_ASYNC) < 0)
 		return -errno;
@@ -79,7 +78,7 @@ sg_add(struct conn_loop *lp, struct conn *c)
 		sg->byfd = p;
 		sg->cap = cap;
 	}
-	if ((r = arm(c->fd, sg->rtsig)) < 0)
+	if ((r = arm(c->fd, sg->rtsig, sg->self)) < 0)
 		return r;
 	sg->byfd[c->fd] = c;
 	/* Bytes that came before O_ASYNC was set raised no signal. */
@@ -189,13 +188,13 @@ wait_signal(const sigset_t *set, siginfo_t *si, int ms)
 static int
 run(struct srv *s, int lfd, const sigset_t *set, int rtsig)
 {
-	struct sigio sg = { .rtsig = rtsig, .lfd = lfd };
+	struct sigio sg = { .rtsig = rtsig, .self = getpid(), .lfd = lfd };
 	struct conn_loop lp;
 	siginfo_t si;
-	int i, timeout, sig;
+	int timeout;
 
 	if (conn_loop_init(&lp, s, lfd, &sg_ops, &sg) < 0 ||
-	    arm(lfd, rtsig) < 0) {
+	    arm(lfd, rtsig, sg.self) < 0) {
 		srv_warn(s, "cannot set up the loop: %s", strerror(errno));
 		return SRV_EX_OSERR;
 	}
@@ -210,13 +209,13 @@ run(struct srv *s, int lfd, const sigset_t *set, int rtsig)
 		conn_run_again(&lp);
 		if (lp.again || (lp.accept_again && lp.accepting))
 			timeout = 0;
-		sig = wait_signal(set, &si, timeout);
-		/* Take a batch: cheaper than a tick between every two signals. */
-		for (i = 0; sig > 0; sig = wait_signal(set, &si, 0)) {
+		/*
+		 * One signal per call: the next call returns at once while
+		 * more are queued, and an extra call to find the queue empty
+		 * would cost a system call per message.
+		 */
+		if (wait_signal(set, &si, timeout) > 0)
 			dispatch(&lp, &sg, &si);
-			if (++i == SIGNALS_PER_BATCH)
-				break;
-		}
 	}
 	if (sg.overflows)
 		srv_debug(s, "%lu real-time signal queue overflows", sg.overflows);

@@ -52,8 +52,10 @@ struct pool {
 	pthread_mutex_t	 mu;
 	pthread_cond_t	 work;		/* a job was queued, or stop */
 	pthread_cond_t	 room;		/* a worker finished a connection */
-	struct job	*ring;
+	struct job	*ring;		/* room for queue + nworkers */
 	size_t		 cap, head, len;
+	size_t		 queue;		/* --queue */
+	int		 nworkers;
 	int		 busy;		/* workers serving a connection */
 	int		 stopping;
 	struct conn_reg	 reg;		/* descriptors being served */
@@ -116,19 +118,25 @@ pool_push(struct pool *p, int fd, const struct net_addr *peer)
 {
 	char buf[NET_ADDRSTRLEN];
 	size_t queued;
-	int busy;
+	int busy, ok;
 
+	/*
+	 * Jobs that idle workers are about to take do not count against
+	 * --queue: a burst that comes faster than the workers wake up is
+	 * not refused while some of them have nothing to do.
+	 */
 	pthread_mutex_lock(&p->mu);
 	queued = p->len;
 	busy = p->busy;
-	if (queued < p->cap) {
+	ok = queued < p->queue + (size_t)(p->nworkers - p->busy);
+	if (ok) {
 		p->ring[(p->head + p->len) % p->cap] =
 		    (struct job){ .fd = fd, .peer = *peer };
 		p->len++;
 		pthread_cond_signal(&p->work);
 	}
 	pthread_mutex_unlock(&p->mu);
-	if (queued < p->cap)
+	if (ok)
 		return;
 	srv_log(p->srv, "%s: %d workers busy and %zu connections queued: "
 	    "refused", net_addr_str(peer, buf, sizeof(buf)), busy, queued);
@@ -159,14 +167,16 @@ pool_wait_room(struct pool *p, int max)
 }
 
 static int
-pool_init(struct pool *p, const struct srv *s, size_t cap)
+pool_init(struct pool *p, const struct srv *s, size_t queue, int nworkers)
 {
 	pthread_condattr_t ca;
 
 	memset(p, 0, sizeof(*p));
 	p->srv = s;
-	p->cap = cap;
-	p->ring = calloc(cap, sizeof(*p->ring));
+	p->queue = queue;
+	p->nworkers = nworkers;
+	p->cap = queue + (size_t)nworkers;
+	p->ring = calloc(p->cap, sizeof(*p->ring));
 	if (p->ring == NULL || conn_reg_init(&p->reg) < 0 ||
 	    pthread_mutex_init(&p->mu, NULL) != 0 ||
 	    pthread_cond_init(&p->work, NULL) != 0 ||
@@ -271,7 +281,7 @@ main(int argc, char **argv)
 	lfd = srv_listen(&s, 0);
 	reserve = net_reserve_open();
 	tids = calloc((size_t)want, sizeof(*tids));
-	if (reserve < 0 || tids == NULL || pool_init(&p, &s, queue) < 0) {
+	if (reserve < 0 || tids == NULL || pool_init(&p, &s, queue, want) < 0) {
 		srv_warn(&s, "cannot start: %s", strerror(errno));
 		return SRV_EX_OSERR;
 	}

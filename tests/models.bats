@@ -1,0 +1,306 @@
+#!/usr/bin/env bats
+# What each IO model documents about itself, beyond the conformance suite:
+# the fork server leaves no zombie, the thread and pool servers hold their
+# caps, prefork's accept locks and per-child counts, the busy-wait server's
+# CPU, select's FD_SETSIZE ceiling, sigio's real-time queue overflow.
+#
+# By hand, from the build directory: tests/run-bats $top_srcdir/tests/models.bats
+
+bats_require_minimum_version 1.5.0
+
+setup() {
+	load helpers/common
+}
+
+teardown() {
+	cleanup_processes
+}
+
+use() { # BINARY [ARGS...]
+	SERVER_CMD=("$top_builddir/src/$1" "${@:2}")
+	[[ -x ${SERVER_CMD[0]} ]] || fail "src/$1 is not built in $top_builddir"
+}
+
+# Tasks (threads) of a process, from /proc.
+threads_of() { # PID
+	awk '/^Threads:/ { print $2 }' "/proc/$1/status"
+}
+
+# The system call a task is blocked in (first field of /proc/PID/syscall).
+syscall_of() { # PID
+	local f
+	read -r f _ <"/proc/$1/syscall" || return 1
+	echo "$f"
+}
+
+# CPU ticks the server's group uses over a one-second window.
+cpu_ticks_1s() { # PGID
+	local t0 t1
+	t0=$(group_cpu_ticks "$1")
+	sleep 1
+	t1=$(group_cpu_ticks "$1")
+	echo $((t1 - t0))
+}
+
+# ---- echo-fork ------------------------------------------------------------------
+
+@test "fork: 500 connections, then zero zombies and no child left" {
+	use echo-fork
+	start_server
+	run iotest churn -n 500 "$SRV_ADDR"
+	assert_success
+	# Reaped as they exit (SIGCHLD), not at the next accept: bounded wait.
+	wait_until 5 eval '(($(group_zombies "$SRV_PID") == 0))' ||
+		fail "zombies after 500 connections: $(group_ps "$SRV_PID")"
+	wait_until 5 eval '[[ $(group_pids "$SRV_PID") == "$SRV_PID" ]]' ||
+		fail "children left after 500 closed connections: $(group_ps "$SRV_PID")"
+	stop_server
+}
+
+@test "fork: -m 3 caps live children, the next client waits" {
+	use echo-fork
+	start_server -m 3
+	local out=$BATS_TEST_TMPDIR/held pid line n
+	bg_iotest "$out" idle -k -P 1500 -n 5 "$SRV_ADDR"
+	pid=$BG_PID
+	line=$(wait_line "$out" '^ready' 30 "$pid")
+	[[ $line == "ready served=3 closed=0 pending=2" ]] || fail "with -m 3: $line"
+	n=$(group_pids "$SRV_PID" | wc -l)
+	((n == 4)) || fail "$n processes with -m 3 (want the parent and 3 children): $(group_ps "$SRV_PID")"
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "held clients: $(cat "$out" "$out.err")"
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "fork: SIGTERM finishes children serving clients, reaps them all" {
+	use echo-fork
+	start_server
+	local out=$BATS_TEST_TMPDIR/held pid
+	bg_iotest "$out" idle -E -n 20 "$SRV_ADDR"
+	pid=$BG_PID
+	wait_line "$out" '^ready' 30 "$pid" >/dev/null
+	(($(group_pids "$SRV_PID" | wc -l) == 21)) || fail "not one child per client: $(group_ps "$SRV_PID")"
+	stop_server
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "clients: $(cat "$out" "$out.err")"
+}
+
+# ---- echo-thread ------------------------------------------------------------------
+
+@test "thread: -m 2 caps live threads; the next clients wait in the backlog" {
+	use echo-thread
+	start_server -m 2
+	local out=$BATS_TEST_TMPDIR/held pid line
+	bg_iotest "$out" idle -k -P 1500 -n 5 "$SRV_ADDR"
+	pid=$BG_PID
+	line=$(wait_line "$out" '^ready' 30 "$pid")
+	# Documented: at the cap the main thread stops accepting; nobody is refused.
+	[[ $line == "ready served=2 closed=0 pending=3" ]] || fail "with -m 2: $line"
+	(($(threads_of "$SRV_PID") == 3)) ||
+		fail "$(threads_of "$SRV_PID") threads with -m 2 (want main + 2)"
+	run iotest echo -T 2 "$SRV_ADDR"
+	assert_failure
+	assert_output --partial "timed out"
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "held clients: $(cat "$out" "$out.err")"
+	# Threads exit with their clients.
+	wait_until 5 eval '(($(threads_of "$SRV_PID") == 1))' ||
+		fail "$(threads_of "$SRV_PID") threads after every client left"
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "thread: a thread per client, 300 at once, bounded stacks" {
+	use echo-thread --stack 64k
+	start_server
+	local out=$BATS_TEST_TMPDIR/held pid
+	bg_iotest "$out" idle -n 300 "$SRV_ADDR"
+	pid=$BG_PID
+	wait_line "$out" '^ready' 30 "$pid" >/dev/null
+	(($(threads_of "$SRV_PID") == 301)) || fail "$(threads_of "$SRV_PID") threads for 300 clients"
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "clients: $(cat "$out" "$out.err")"
+	stop_server
+	run without_fd3 "$top_builddir/src/echo-thread" -p 0 --stack 1
+	((status == 64)) || fail "--stack 1: exit $status, want 64"
+}
+
+# ---- echo-threadpool ------------------------------------------------------------------
+
+@test "threadpool: -w 2 --queue 2: two served, two queued, the rest refused with a log line" {
+	use echo-threadpool -w 2 --queue 2
+	start_server
+	local out=$BATS_TEST_TMPDIR/held pid line
+	(($(threads_of "$SRV_PID") == 3)) || fail "$(threads_of "$SRV_PID") threads for a pool of 2"
+	bg_iotest "$out" idle -k -P 1500 -n 6 "$SRV_ADDR"
+	pid=$BG_PID
+	line=$(wait_line "$out" '^ready' 30 "$pid")
+	[[ $line == "ready served=2 closed=2 pending=2" ]] || fail "pool 2, queue 2, 6 clients: $line"
+	(($(grep -c 'connections queued: refused' "$SRV_LOG") == 2)) ||
+		fail "want two refusal lines; log: $(cat "$SRV_LOG")"
+	# The pool does not grow under load.
+	(($(threads_of "$SRV_PID") == 3)) || fail "$(threads_of "$SRV_PID") threads under load"
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "held clients: $(cat "$out" "$out.err")"
+	# As many at once as the pool and the queue hold: all served.
+	run iotest concurrent -n 4 -s 16k "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "threadpool: queued clients are served in turn once a worker is free" {
+	use echo-threadpool -w 1
+	start_server
+	# One worker, 10 clients at once: each waits for the previous one.
+	run iotest roundtrip -n 10 -m 50 "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+# ---- echo-prefork ------------------------------------------------------------------
+
+# The -v report at exit: "child N: K connections" per child, and the total.
+prefork_report() { # LOG
+	local log=$1 sum=0 k
+	for k in $(sed -n 's/.*child [0-9]*: \([0-9]*\) connections$/\1/p' "$log"); do
+		sum=$((sum + k))
+	done
+	echo "$(grep -c 'child [0-9]*: [0-9]* connections$' "$log") $sum"
+}
+
+@test "prefork: every --accept-lock mode serves, and -v counts every connection per child" {
+	local mode report
+	for mode in none fcntl mutex; do
+		use echo-prefork -w 3 -v --accept-lock "$mode"
+		start_server
+		run iotest churn -n 300 "$SRV_ADDR"
+		assert_success
+		run iotest concurrent -n 30 -s 16k "$SRV_ADDR"
+		assert_success
+		stop_server
+		report=$(prefork_report "$SRV_LOG")
+		echo "# --accept-lock $mode: $(grep 'child [0-9]*:' "$SRV_LOG" | sed 's/.*: child/child/' | tr '\n' ' ')" >&3
+		[[ $report == "3 330" ]] ||
+			fail "--accept-lock $mode: want 3 children and 330 connections, got '$report'; log: $(grep -v 'open\|close' "$SRV_LOG")"
+		grep -q "330 connections in all, --accept-lock $mode" "$SRV_LOG" ||
+			fail "no total line for $mode: $(tail -n 5 "$SRV_LOG")"
+	done
+	run without_fd3 "$top_builddir/src/echo-prefork" -p 0 --accept-lock flock
+	((status == 64)) || fail "--accept-lock flock: exit $status, want 64"
+}
+
+# The child holding the accept lock is the one in accept4(2) (288); the
+# others wait in fcntl(2) (72) or futex(2) (202).
+accepting_child() { # PGID
+	local p
+	for p in $(group_pids "$1"); do
+		[[ $p == "$1" ]] && continue
+		[[ $(syscall_of "$p") == 288 ]] && echo "$p"
+	done
+	return 0
+}
+
+@test "prefork: a child killed while holding the accept lock is replaced, the lock recovered" {
+	local mode victim n
+	for mode in fcntl mutex; do
+		use echo-prefork -w 3 --accept-lock "$mode"
+		start_server
+		run iotest echo "$SRV_ADDR"
+		assert_success
+		wait_until 5 eval '[[ $(accepting_child "$SRV_PID" | wc -l) == 1 ]]' ||
+			fail "$mode: want exactly one child in accept: $(group_ps "$SRV_PID")"
+		victim=$(accepting_child "$SRV_PID")
+		kill -KILL "$victim"
+		# The parent reaps it and forks a successor (after a delay if the
+		# child was young): three children again, the victim gone.
+		wait_until 5 eval '(($(group_pids "$SRV_PID" | wc -l) == 4)) && ! group_pids "$SRV_PID" | grep -qx "$victim"' ||
+			fail "$mode: no replacement for $victim: $(group_ps "$SRV_PID")"
+		grep -q "died (signal 9)" "$SRV_LOG" || fail "$mode: no log line for the death: $(cat "$SRV_LOG")"
+		# A lock held by a dead process must not block the survivors.
+		run iotest concurrent -n 12 -s 8k -T 10 "$SRV_ADDR"
+		assert_success
+		n=$(group_zombies "$SRV_PID")
+		((n == 0)) || fail "$mode: $n zombies"
+		stop_server
+	done
+}
+
+# ---- echo-nonblock ------------------------------------------------------------------
+
+@test "nonblock: burns CPU with no client at all; --sleep-us gives it back" {
+	local hz spin nap
+	hz=$(getconf CLK_TCK)
+	use echo-nonblock
+	start_server
+	spin=$(cpu_ticks_1s "$SRV_PID")
+	# Never asleep in the kernel: runnable at every look.
+	[[ $(cut -d' ' -f3 "/proc/$SRV_PID/stat") == R ]] || fail "the busy-wait server is not running"
+	stop_server
+	use echo-nonblock --sleep-us 5000
+	start_server
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	nap=$(cpu_ticks_1s "$SRV_PID")
+	run iotest roundtrip -n 4 -m 50 "$SRV_ADDR"
+	assert_success
+	stop_server
+	echo "# idle CPU in 1 s: spinning $spin, --sleep-us 5000 $nap (of $hz ticks)" >&3
+	((spin > hz / 5)) || fail "spinning used only $spin of $hz ticks"
+	((nap < hz / 10 && nap * 2 < spin)) || fail "--sleep-us 5000 used $nap ticks (spinning: $spin)"
+}
+
+# ---- echo-select ------------------------------------------------------------------
+
+@test "select: past FD_SETSIZE connections are refused with a log line, the others keep being served" {
+	ulimit -n 4096
+	use echo-select
+	start_server
+	local out=$BATS_TEST_TMPDIR/held pid line served closed
+	bg_iotest "$out" idle -k -P 5000 -n 1100 "$SRV_ADDR"
+	pid=$BG_PID
+	line=$(wait_line "$out" '^ready' 60 "$pid")
+	echo "# $line" >&3
+	[[ $line =~ served=([0-9]+)\ closed=([0-9]+)\ pending=0$ ]] || fail "unexpected: $line"
+	served=${BASH_REMATCH[1]} closed=${BASH_REMATCH[2]}
+	((served > 1000 && served < 1024 && closed == 1100 - served)) || fail "$line"
+	(($(grep -c 'past this model.s limit (FD_SETSIZE 1024): refused' "$SRV_LOG") >= closed)) ||
+		fail "not one log line per refusal: $(tail -n 3 "$SRV_LOG")"
+	proc_alive "$SRV_PID" || fail "the server died"
+	# The held connections are still served (release echoes one more byte
+	# on each), and once they are gone, new clients are.
+	release_bg "$pid"
+	((BG_STATUS == 0)) || fail "held clients: $(cat "$out" "$out.err")"
+	run iotest concurrent -n 100 -s 16k "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+# ---- echo-sigio ------------------------------------------------------------------
+
+@test "sigio: a real-time signal queue of 16 overflows; the SIGIO rescan serves everyone" {
+	command -v prlimit >/dev/null || skip "prlimit is not installed (Debian: util-linux)"
+	use echo-sigio -v
+	start_server
+	# RLIMIT_SIGPENDING, checked when a signal is queued: from now on the
+	# server's queue holds 16 signals at most.
+	prlimit --pid "$SRV_PID" --sigpending=16:16 || fail "prlimit failed"
+	run iotest concurrent -n 200 -s 64k "$SRV_ADDR"
+	assert_success
+	run iotest roundtrip -n 100 -m 50 "$SRV_ADDR"
+	assert_success
+	grep -q 'real-time signal queue overflowed (SIGIO)' "$SRV_LOG" ||
+		fail "no overflow with a 16-signal queue; log: $(grep -v 'open\|close' "$SRV_LOG" | tail)"
+	echo "# $(grep -c 'queue overflowed' "$SRV_LOG") overflows" >&3
+	stop_server
+}
+
+@test "sigio: 1,000 connections x 20 round trips with the default queue" {
+	use echo-sigio
+	start_server
+	run iotest roundtrip -n 1000 -m 20 "$SRV_ADDR"
+	assert_success
+	stop_server
+}
