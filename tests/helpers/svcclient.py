@@ -1,0 +1,498 @@
+#!/usr/bin/env python3
+"""Protocol checks for the chat and rpc services (tests/services.bats).
+
+    svcclient.py CHECK ADDR [ARG...]
+
+ADDR is HOST:PORT as in a server's readiness line.  Each check prints what it
+did on one line and exits 0, or prints why it failed and exits 1.  Every wait
+is bounded (TIMEOUT seconds); nothing here sleeps to synchronise: a pause
+between the two pieces of a cut frame only makes it likely that the server
+reads them apart, and the check holds either way.
+
+rpc checks:   rpc-split, rpc-pipeline N, rpc-values, rpc-malformed,
+              rpc-unknown, rpc-oversize MAX_FRAME, rpc-huge, rpc-deep
+chat checks:  chat-many N M, chat-slow, chat-long MAX_LINE
+"""
+
+import errno
+import json
+import selectors
+import socket
+import struct
+import sys
+import time
+
+TIMEOUT = 20.0
+
+
+class Fail(Exception):
+    pass
+
+
+def connect(addr, rcvbuf=0):
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    if rcvbuf:
+        # Before connect(), so the window the client announces is small.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(TIMEOUT)
+    s.connect((host, int(port)))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+# ---- rpc ---------------------------------------------------------------------
+
+def frame(body):
+    if isinstance(body, str):
+        body = body.encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def request(params, method="ping"):
+    return frame(json.dumps({"in": method, "params": params},
+                            ensure_ascii=False))
+
+
+def recv_exact(s, n):
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            b = s.recv(n - len(buf))
+        except socket.timeout:
+            raise Fail("no answer within %gs (%d of %d bytes)" %
+                       (TIMEOUT, len(buf), n))
+        if not b:
+            raise Fail("connection closed after %d of %d bytes" %
+                       (len(buf), n))
+        buf += b
+    return bytes(buf)
+
+
+def answer(s):
+    (n,) = struct.unpack(">I", recv_exact(s, 4))
+    if n > 64 << 20:
+        raise Fail("an answer of %d bytes announced" % n)
+    body = recv_exact(s, n)
+    try:
+        a = json.loads(body)
+    except ValueError as e:
+        raise Fail("answer is not JSON (%s): %r" % (e, body[:200]))
+    if not isinstance(a, dict) or "out" not in a or "result" not in a:
+        raise Fail("not an answer: %r" % body[:200])
+    return a
+
+
+def short(v):
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def expect_pong(s, params, what):
+    a = answer(s)
+    if a["out"] != "pong" or a["result"] != params or \
+            type(a["result"]) is not type(params):
+        raise Fail("%s: want pong %s, got %s" % (what, short(params), short(a)))
+
+
+def expect_error(s, what, contains=""):
+    a = answer(s)
+    if a["out"] != "error" or not isinstance(a["result"], str) or \
+            contains not in a["result"]:
+        raise Fail("%s: want an error saying %r, got %s" % (what, contains, short(a)))
+    return a["result"]
+
+
+def expect_close(s, what):
+    """The server closes: EOF (or a reset) within TIMEOUT."""
+    end = time.monotonic() + TIMEOUT
+    while time.monotonic() < end:
+        try:
+            b = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            return
+        if not b:
+            return
+    raise Fail("%s: the server did not close the connection" % what)
+
+
+def rpc_split(addr):
+    """Two frames, cut at every byte boundary: the same two answers."""
+    p1 = {"user": "ireader", "n": [1, 2.5, None, True], "s": "\u00e9\u4e2d\U0001F600"}
+    p2 = "second"
+    data = request(p1) + request(p2)
+    s = connect(addr)
+    for k in range(1, len(data)):
+        s.sendall(data[:k])
+        time.sleep(0.002)
+        s.sendall(data[k:])
+        expect_pong(s, p1, "cut at byte %d" % k)
+        expect_pong(s, p2, "cut at byte %d" % k)
+    # And one byte per write.
+    for b in data:
+        s.sendall(bytes([b]))
+    expect_pong(s, p1, "one byte per write")
+    expect_pong(s, p2, "one byte per write")
+    s.close()
+    print("rpc-split: %d cuts of %d bytes, and byte by byte: every answer right" %
+          (len(data) - 1, len(data)))
+
+
+def rpc_pipeline(addr, n):
+    """N frames in one write: N answers, in order."""
+    n = int(n)
+    data = b"".join(request(i) for i in range(n))
+    s = connect(addr)
+    s.sendall(data)
+    for i in range(n):
+        expect_pong(s, i, "frame %d of %d" % (i, n))
+    s.close()
+    print("rpc-pipeline: %d frames (%d bytes) in one write, answered in order" %
+          (n, len(data)))
+
+
+# Values that must come back as the same JSON value (Python compares them).
+VALUES = [
+    "", "ireader 0", "nul\u0000byte", "\u00e9\u4e2d\U0001F600", "\"\\/\b\f\n\r\t",
+    0, -1, 9223372036854775807, -9223372036854775808,
+    0.1, 1e300, -2.5e-300, 3.141592653589793,
+    True, False, None, [], {}, [[[]]], {"a": {"b": [1, {"c": None}]}},
+    {"z": 1, "a": 2, "m": 3}, list(range(100)), "x" * 10000,
+]
+
+
+def rpc_values(addr):
+    """Every kind of JSON value comes back; what cannot is refused."""
+    s = connect(addr)
+    for v in VALUES:
+        s.sendall(request(v))
+        expect_pong(s, v, "params %s" % short(v))
+    # The order of keys is kept (jansson keeps insertion order).
+    s.sendall(request({"z": 1, "a": 2}))
+    (n,) = struct.unpack(">I", recv_exact(s, 4))
+    body = recv_exact(s, n)
+    if body != b'{"out":"pong","result":{"z":1,"a":2}}':
+        raise Fail("key order or format: %r" % body)
+    # Refused rather than altered.
+    for raw, why in [
+            ('{"in":"ping","params":123456789012345678901234567890}', "integer"),
+            ('{"in":"ping","params":1e400}', "overflow"),
+            ('{"in":"ping","params":{"a":1,"a":2}}', "duplicate"),
+            ('{"in":"ping","params":"\\ud800"}', "Unicode"),
+            ('{"in":"ping","params":' + "[" * 100 + "]" * 100 + "}", "nested")]:
+        s.sendall(frame(raw))
+        expect_error(s, raw[:50], why)
+    s.sendall(request("still here"))
+    expect_pong(s, "still here", "after the refusals")
+    s.close()
+    print("rpc-values: %d values echoed, 5 refused with a reason" % len(VALUES))
+
+
+def rpc_malformed(addr):
+    """Malformed requests get errors; the connection stays usable."""
+    s = connect(addr)
+    bad = [b'{"in":"ping",', b"not json", b"", b"\xff\xfe", b"[1,2]", b'"ping"',
+           b'{"params":1}', b'{"in":5,"params":1}']
+    for b in bad:
+        s.sendall(frame(b))
+        expect_error(s, "body %r" % b)
+    s.sendall(b"".join(frame(b) for b in bad) + request("after"))
+    for b in bad:
+        expect_error(s, "pipelined body %r" % b)
+    expect_pong(s, "after", "a ping after the malformed ones")
+    s.close()
+    print("rpc-malformed: %d malformed requests answered with errors, twice; "
+          "the connection still answers" % len(bad))
+
+
+def rpc_unknown(addr):
+    s = connect(addr)
+    s.sendall(request(1, method="nosuch"))
+    a = answer(s)
+    if a != {"out": "error", "result": "unknown method: nosuch"}:
+        raise Fail("unknown method: got %r" % a)
+    s.sendall(request(2))
+    expect_pong(s, 2, "after an unknown method")
+    s.close()
+    print("rpc-unknown: {\"out\":\"error\",\"result\":\"unknown method: nosuch\"}, "
+          "then a pong")
+
+
+def rpc_oversize(addr, max_frame):
+    """A frame of MAX_FRAME bytes is served; one byte more: error and close."""
+    m = int(max_frame)
+    s = connect(addr)
+    head = '{"in":"ping","params":"'
+    fit = head + "x" * (m - len(head) - 2) + '"}'
+    assert len(fit) == m
+    s.sendall(frame(fit))
+    expect_pong(s, "x" * (m - len(head) - 2), "a frame of exactly --max-frame")
+    over = head + "x" * (m - len(head) - 1) + '"}'
+    s.sendall(frame(over) + request("never answered"))
+    expect_error(s, "a frame of --max-frame + 1", "too large")
+    expect_close(s, "after the oversize frame")
+    print("rpc-oversize: %d bytes served; %d bytes: error, then close" %
+          (m, m + 1))
+
+
+def rpc_deep(addr):
+    """Deep nesting is refused before the recursive parser sees it."""
+    s = connect(addr)
+    for n in (65, 2000, 100000):
+        s.sendall(frame('{"in":"ping","params":' + "[" * n + "]" * n + "}"))
+        expect_error(s, "%d levels" % n, "nested")
+    v = [[[[["63 levels are fine"]]]]]
+    for _ in range(58):
+        v = [v]
+    s.sendall(request(v))
+    expect_pong(s, v, "63 levels")
+    s.close()
+    print("rpc-deep: 65, 2000 and 100000 levels refused; 63 served")
+
+
+def rpc_huge(addr):
+    """A length field announcing 3 GB: an error and a close, at once."""
+    s = connect(addr)
+    s.sendall(struct.pack(">I", 3 << 30) + b'{"in":"ping","params":"' +
+              b"x" * 65536)
+    msg = expect_error(s, "a 3 GB length", "too large")
+    expect_close(s, "after the 3 GB length")
+    print("rpc-huge: %s; closed" % msg)
+
+
+# ---- chat --------------------------------------------------------------------
+
+class Peer:
+    """A chat client in a selector loop: queued output, lines in."""
+
+    def __init__(self, addr, rcvbuf=0):
+        self.s = connect(addr, rcvbuf)
+        self.s.setblocking(False)
+        self.out = bytearray()
+        self.buf = bytearray()
+        self.lines = []         # every line, as bytes
+        self.said = []          # the "[NAME] text" ones, as (name, text)
+        self.notices = []       # the "* ..." ones
+        self.eof = False
+        self.name = None
+
+    def send(self, data):
+        self.out += data
+
+    def pump_out(self):
+        if self.out:
+            try:
+                n = self.s.send(self.out)
+                del self.out[:n]
+            except BlockingIOError:
+                pass
+
+    def pump_in(self):
+        while True:
+            try:
+                b = self.s.recv(65536)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                self.eof = True
+                return
+            if not b:
+                self.eof = True
+                return
+            self.buf += b
+            while True:
+                i = self.buf.find(b"\n")
+                if i < 0:
+                    break
+                ln = bytes(self.buf[:i])
+                del self.buf[:i + 1]
+                self.lines.append(ln)
+                if ln.startswith(b"* "):
+                    self.notices.append(ln)
+                elif ln.startswith(b"["):
+                    k = ln.find(b"] ")
+                    self.said.append((ln[1:k].decode(), ln[k + 2:].decode()))
+
+
+def loop(peers, done, what, readers=None):
+    """Pump every peer (READERS: the ones read) until done() or TIMEOUT."""
+    if readers is None:
+        readers = peers
+    end = time.monotonic() + TIMEOUT
+    sel = selectors.DefaultSelector()
+    interest = {}
+    try:
+        while not done():
+            if time.monotonic() > end:
+                raise Fail("%s: not done after %gs" % (what, TIMEOUT))
+            for p in peers:
+                ev = selectors.EVENT_WRITE if p.out else 0
+                if p in readers and not p.eof:
+                    ev |= selectors.EVENT_READ
+                old = interest.get(p, 0)
+                if ev == old:
+                    continue
+                if not old:
+                    sel.register(p.s, ev, p)
+                elif not ev:
+                    sel.unregister(p.s)
+                else:
+                    sel.modify(p.s, ev, p)
+                interest[p] = ev
+            for key, mask in sel.select(0.1):
+                p = key.data
+                if mask & selectors.EVENT_WRITE:
+                    p.pump_out()
+                if mask & selectors.EVENT_READ:
+                    p.pump_in()
+    finally:
+        sel.close()
+
+
+def welcomed(peers, addr):
+    """Wait for every welcome: then every peer is in the room."""
+    loop(peers, lambda: all(p.lines for p in peers), "welcome")
+    for p in peers:
+        w = p.lines.pop(0).decode()
+        pre = "* welcome, "
+        if not w.startswith(pre):
+            raise Fail("first line is not a welcome: %r" % w)
+        p.name = w[len(pre):].split(" ")[0].rstrip(":")
+        host, port = p.s.getsockname()[:2]
+        want = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+        if p.name != want:
+            raise Fail("default name %r, want the peer address %r" %
+                       (p.name, want))
+
+
+def chat_many(addr, n, m):
+    """N clients each say M lines; each hears all the others', in order."""
+    n, m = int(n), int(m)
+    peers = [Peer(addr) for _ in range(n)]
+    welcomed(peers, addr)
+    for j in range(m):
+        for i, p in enumerate(peers):
+            p.send(b"line %d %d\n" % (i, j))
+    want = (n - 1) * m
+    loop(peers, lambda: all(len(p.said) >= want for p in peers), "delivery")
+    for r, p in enumerate(peers):
+        got = p.said
+        if len(got) != want:
+            raise Fail("client %d heard %d lines, want %d" % (r, len(got), want))
+        nxt = [0] * n
+        for name, text in got:
+            _, i, j = text.split()
+            i, j = int(i), int(j)
+            if i == r:
+                raise Fail("client %d heard its own line %r" % (r, text))
+            if name != peers[i].name:
+                raise Fail("line %r from client %d named %r, want %r" %
+                           (text, i, name, peers[i].name))
+            if j != nxt[i]:
+                raise Fail("client %d heard line %d of client %d, want %d" %
+                           (r, j, i, nxt[i]))
+            nxt[i] += 1
+    for p in peers:
+        p.s.close()
+    print("chat-many: %d clients x %d lines: each heard the other %d lines, "
+          "in each sender's order" % (n, m, want))
+
+
+def chat_slow(addr):
+    """A client that stops reading is dropped; the others hear everything."""
+    slow = Peer(addr, rcvbuf=4096)
+    a, b = Peer(addr), Peer(addr)
+    welcomed([slow, a, b], addr)
+    left = ("* %s left" % slow.name).encode()
+    line = b"x" * 4000
+    sent, window, limit = 0, 16, 4000     # at most 16 MB in all
+    after = None                          # lines sent after the drop
+
+    def progress():
+        nonlocal sent, after
+        heard = len(b.said)
+        if after is None and left in b.notices:
+            after = sent
+        while sent < limit and sent - heard < window and \
+                (after is None or sent < after + 50):
+            a.send(b"%d %s\n" % (sent, line))
+            sent += 1
+        return after is not None and heard == sent and sent >= after + 50
+
+    # slow is never read: its queue at the server grows until dropped.
+    loop([slow, a, b], progress, "dropping the slow client", readers=[a, b])
+    got = b.said
+    for k, (name, text) in enumerate(got):
+        if name != a.name or int(text.split()[0]) != k:
+            raise Fail("b heard %r from %r as line %d" % (text[:20], name, k))
+    # Now read what the server had sent to slow: it must end (EOF or
+    # reset), and be a prefix of what a said.
+    slow.s.setblocking(True)
+    slow.s.settimeout(TIMEOUT)
+    n = 0
+    try:
+        while True:
+            d = slow.s.recv(1 << 20)
+            if not d:
+                break
+            slow.buf += d
+            n += len(d)
+    except socket.timeout:
+        raise Fail("the slow client was not closed (%d bytes read)" % n)
+    except ConnectionResetError:
+        pass
+    print("chat-slow: dropped after %d lines of 4 KB; the other client heard "
+          "all %d, in order; the slow one got %d bytes, then the close" %
+          (after, len(got), n))
+
+
+def chat_long(addr, max_line):
+    """A line past --max-line: an error to the sender, nothing to the room."""
+    m = int(max_line)
+    a, b = Peer(addr), Peer(addr)
+    welcomed([a, b], addr)
+    a.send(b"y" * m + b"\n")              # exactly the limit: said
+    a.send(b"z" * (m + 1) + b"\n")        # one more: refused
+    a.send(b"w" * (3 * m) + b"\nafter\n")  # far more, then a short one
+    loop([a, b], lambda: len(b.said) >= 2 and
+         sum(ln.startswith(b"! ") for ln in a.lines) >= 2, "long lines")
+    texts = [t for _, t in b.said]
+    if texts != ["y" * m, "after"]:
+        raise Fail("the room heard %r" % [t[:20] for t in texts])
+    errs = [ln for ln in a.lines if ln.startswith(b"! ")]
+    if len(errs) != 2 or b"too long" not in errs[0]:
+        raise Fail("the sender got %r" % errs)
+    print("chat-long: %d bytes said; %d and %d bytes refused with %r" %
+          (m, m + 1, 3 * m, errs[0].decode()))
+
+
+CHECKS = {
+    "rpc-split": rpc_split, "rpc-pipeline": rpc_pipeline,
+    "rpc-values": rpc_values, "rpc-malformed": rpc_malformed,
+    "rpc-unknown": rpc_unknown, "rpc-oversize": rpc_oversize,
+    "rpc-huge": rpc_huge, "rpc-deep": rpc_deep, "chat-many": chat_many, "chat-slow": chat_slow,
+    "chat-long": chat_long,
+}
+
+
+def main(argv):
+    if len(argv) < 3 or argv[1] not in CHECKS:
+        sys.stderr.write(__doc__)
+        return 2
+    try:
+        CHECKS[argv[1]](*argv[2:])
+    except Fail as e:
+        print("%s: FAILED: %s" % (argv[1], e))
+        return 1
+    except OSError as e:
+        print("%s: FAILED: %s" % (argv[1], e))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
