@@ -900,9 +900,20 @@ refuse_fd(struct conn_loop *lp, int fd, const struct net_addr *peer)
 {
 	char buf[NET_ADDRSTRLEN];
 
+	int i;
+
 	srv_log(lp->srv, "%s: descriptor %d is past this model's limit "
 	    "(FD_SETSIZE %d): refused", net_addr_str(peer, buf, sizeof(buf)),
 	    fd, lp->fd_limit);
+	/*
+	 * An orderly refusal: FIN first, and what the client has sent
+	 * already is read and dropped, since close() with unread input
+	 * sends RST, which the client sees as a reset, not a refusal.
+	 */
+	(void)shutdown(fd, SHUT_WR);
+	for (i = 0; i < 4; i++)
+		if (read(fd, lp->rbuf, lp->srv->bufsize) <= 0)
+			break;
 	close(fd);
 }
 
