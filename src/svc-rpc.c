@@ -96,8 +96,8 @@ out_flush(struct rpc_out *o)
 
 /*
  * Print one answer, HEAD + RESULT + "}", after its length, at P (which has
- * ROOM bytes).  Returns the frame's size; larger than ROOM means that
- * nothing useful was written and that much room is needed.
+ * ROOM bytes).  Returns the frame's size: larger than ROOM, nothing useful
+ * was written and that much room is needed; 0, jansson failed.
  */
 static size_t
 frame_at(uint8_t *p, size_t room, const char *head, const json_t *result)
