@@ -126,7 +126,8 @@
 #define BGID		0	/* our one buffer group */
 #define LINGER_MS	2000	/* lingering close after a service error */
 #define STOP_GRACE_MS	2000	/* at stop, time to flush queued output */
-#define MIN_HEAP_SEG	4096
+#define SMALL_SEG	256	/* pooled copies: a small message's worth */
+#define POOL_MAX	256	/* free small segments kept per worker */
 #define ACCEPT_PAUSE_MS	100	/* after an accept error we cannot shed */
 
 /* ---- configuration (the model's own options) ------------------------------ */
@@ -134,7 +135,7 @@
 struct ucfg {
 	int		 ms_accept, ms_recv, bufring, send_inplace;
 	int		 defer, sqpoll, sqpoll_idle;
-	unsigned	 sq_entries, cq_entries, nbufs, max_held;
+	unsigned	 sq_entries, cq_entries, nbufs, max_held, copy_below;
 	int		 batch_us;
 	int		 sndbuf, rcvbuf;
 };
@@ -143,6 +144,7 @@ enum {
 	OPT_NO_MULTISHOT = 3000, OPT_NO_MS_ACCEPT, OPT_NO_MS_RECV, OPT_NO_BUFRING,
 	OPT_NO_INPLACE, OPT_NO_DEFER, OPT_SQPOLL, OPT_SQPOLL_IDLE, OPT_RING,
 	OPT_CQ, OPT_BUFFERS, OPT_MAX_HELD, OPT_BATCH, OPT_SNDBUF, OPT_RCVBUF,
+	OPT_COPY_BELOW,
 };
 
 static const struct srv_option uring_opts[] = {
@@ -163,11 +165,13 @@ static const struct srv_option uring_opts[] = {
 	{ "sqpoll-idle", 1, OPT_SQPOLL_IDLE, "MS",
 	  "--sqpoll: idle time before the thread sleeps (default 1000)" },
 	{ "ring-entries", 1, OPT_RING, "N",
-	  "submission queue entries per ring (default 256)" },
+	  "submission queue entries per ring (default 512)" },
 	{ "cq-entries", 1, OPT_CQ, "N",
-	  "completion queue entries per ring (default 16 x ring-entries)" },
+	  "completion queue entries per ring (default 32 x ring-entries, at most 65536)" },
 	{ "buffers", 1, OPT_BUFFERS, "N",
-	  "provided buffers per ring, of -B bytes each (default 256)" },
+	  "provided buffers per ring, of -B bytes each (default 512)" },
+	{ "copy-below", 1, OPT_COPY_BELOW, "BYTES",
+	  "copy messages up to this size out of the ring (default 1k, 0 = never)" },
 	{ "max-held", 1, OPT_MAX_HELD, "N",
 	  "ring buffers one connection may keep queued (default buffers/16)" },
 	{ "batch-usec", 1, OPT_BATCH, "USEC",
@@ -219,6 +223,10 @@ uring_option(struct srv *s, int key, const char *arg)
 	case OPT_BUFFERS:
 		cfg->nbufs = (unsigned)srv_parse_num(s, "--buffers", arg, 1,
 		    32768, 0);
+		break;
+	case OPT_COPY_BELOW:
+		cfg->copy_below = (unsigned)srv_parse_num(s, "--copy-below",
+		    arg, 0, 1 << 20, 1);
 		break;
 	case OPT_MAX_HELD:
 		cfg->max_held = (unsigned)srv_parse_num(s, "--max-held", arg,
@@ -358,6 +366,8 @@ struct worker {
 	struct conn_tq		 live, linger, closing, parked, dirty, bufwait;
 	struct conn_l		 holders;
 	struct conn		*doomed;
+	struct useg		*pool;		/* free SMALL_SEG copies */
+	unsigned		 npool;
 	int			 nconns;	/* open */
 	int			 nalloc;	/* allocated, closing ones too */
 
@@ -532,13 +542,21 @@ buf_publish(struct worker *w)
 
 /* ---- output queue ---------------------------------------------------------- */
 
+/*
+ * A copy of up to LEN bytes.  Small ones come from a per-worker pool:
+ * malloc and free of a page-sized block per message would, at the top of
+ * the heap, make glibc grow and trim it with brk(2) over and over.
+ */
 static struct useg *
-seg_heap(size_t len)
+seg_heap(struct worker *w, size_t len)
 {
-	size_t cap = len < MIN_HEAP_SEG ? MIN_HEAP_SEG : len;
-	struct useg *s = malloc(sizeof(*s) + cap);
+	size_t cap = len < SMALL_SEG ? SMALL_SEG : len;
+	struct useg *s;
 
-	if (s == NULL)
+	if (cap == SMALL_SEG && (s = w->pool) != NULL) {
+		w->pool = s->next;
+		w->npool--;
+	} else if ((s = malloc(sizeof(*s) + cap)) == NULL)
 		return NULL;
 	s->next = NULL;
 	s->data = (uint8_t *)(s + 1);
@@ -546,6 +564,17 @@ seg_heap(size_t len)
 	s->cap = (uint32_t)cap;
 	s->kind = SEG_HEAP;
 	return s;
+}
+
+static void
+seg_free(struct worker *w, struct useg *s)
+{
+	if (s->cap == SMALL_SEG && w->npool < POOL_MAX) {
+		s->next = w->pool;
+		w->pool = s;
+		w->npool++;
+	} else
+		free(s);
 }
 
 static void
@@ -579,7 +608,7 @@ queue_copy(struct worker *w, struct conn *c, const uint8_t *buf, size_t len)
 	}
 	if (len == 0)
 		return 0;
-	if ((s = seg_heap(len)) == NULL)
+	if ((s = seg_heap(w, len)) == NULL)
 		return -ENOMEM;
 	memcpy(s->data, buf, len);
 	s->len = (uint32_t)len;
@@ -601,7 +630,7 @@ seg_release(struct worker *w, struct conn *c, struct useg *s)
 		c->flags &= ~C_RBUSY;
 		want(w, c, W_RECV);
 	} else
-		free(s);
+		seg_free(w, s);
 }
 
 /*
@@ -616,7 +645,7 @@ seg_unpin(struct worker *w, struct conn *c, struct useg **pp)
 	struct useg *s = *pp, *h;
 	size_t n = s->len - s->off;
 
-	if ((h = seg_heap(n)) == NULL)
+	if ((h = seg_heap(w, n)) == NULL)
 		return -ENOMEM;
 	memcpy(h->data, s->data + s->off, n);
 	h->len = (uint32_t)n;
@@ -864,7 +893,8 @@ conn_check_free(struct worker *w, struct conn *c)
 	if (!(c->flags & C_CLOSING) || c->refs > 0 || (c->flags & C_CLOSESENT))
 		return;
 	queue_free(w, c);
-	free(c->rbuf);
+	if (c->rbuf)
+		seg_free(w, c->rbuf);
 	c->rbuf = NULL;
 	c->flags |= C_CLOSESENT;
 	c->want = 0;
@@ -925,10 +955,15 @@ conn_input(struct worker *w, struct conn *c, uint8_t *buf, size_t n, int bid)
 		/*
 		 * The in-place rung: transform the buffer the kernel wrote
 		 * into and send that very buffer, no copy.  Past max_held
-		 * buffers, copy instead: see seg_unpin().
+		 * buffers, copy instead: see seg_unpin().  And copy small
+		 * messages: a buffer sent from stays out of the ring until
+		 * the send's completion is reaped, a round later, so under
+		 * load twice the messages of a batch would be out of the
+		 * ring; copying 128 bytes costs less than that.
 		 */
 		s->svc->transform(buf, n);
-		if (w->cfg->send_inplace && bid >= 0 && c->nheld < w->max_held) {
+		if (w->cfg->send_inplace && bid >= 0 && c->nheld < w->max_held &&
+		    n > w->cfg->copy_below) {
 			seg = &w->bseg[bid];
 			seg->data = buf;
 			seg->off = 0;
@@ -1375,7 +1410,7 @@ conn_arm(struct worker *w, struct conn *c)
 	if (c->want & W_RECV) {
 		if (recv_ok(w, c)) {
 			if (!w->bufring && c->rbuf == NULL &&
-			    (c->rbuf = seg_heap(w->bufsize)) == NULL) {
+			    (c->rbuf = seg_heap(w, w->bufsize)) == NULL) {
 				c->want = 0;
 				conn_close(w, c);
 				return 0;
@@ -1877,6 +1912,7 @@ worker_init(struct worker *w)
 static void
 worker_fini(struct worker *w)
 {
+	struct useg *s;
 	struct conn *c;
 
 	/* What is still open when we give up waiting (stop deadline). */
@@ -1885,8 +1921,6 @@ worker_fini(struct worker *w)
 	if (w->ring_ok)
 		io_uring_queue_exit(&w->ring);	/* cancels what is left */
 	while ((c = TAILQ_FIRST(&w->closing)) != NULL) {
-		struct useg *s;
-
 		while ((s = c->qhead) != NULL) {
 			c->qhead = s->next;
 			if (s->kind == SEG_HEAP)
@@ -1903,6 +1937,10 @@ worker_fini(struct worker *w)
 		munmap(w->br, w->br_size);
 	free(w->bseg);
 	free(w->bheld);
+	while ((s = w->pool) != NULL) {
+		w->pool = s->next;
+		free(s);
+	}
 	if (w->lfd >= 0)
 		close(w->lfd);
 	if (w->reserve >= 0)
@@ -1915,11 +1953,12 @@ static void
 print_rungs(const struct worker *w)
 {
 	const struct srv *s = w->s;
-	char bufs[64] = "";
+	char bufs[128] = "";
 
 	if (w->bufring)
-		snprintf(bufs, sizeof(bufs), " (%u x %zu bytes, %u held at most)",
-		    w->nbufs, w->bufsize, w->max_held);
+		snprintf(bufs, sizeof(bufs), " %u x %zu bytes, %u held at most, "
+		    "copied up to %u bytes", w->nbufs, w->bufsize, w->max_held,
+		    w->cfg->copy_below);
 	srv_debug(s, "rungs: %cmultishot-accept %cbufring %cmultishot-recv "
 	    "%csend-in-place %cdefer-taskrun %csqpoll",
 	    w->ms_accept ? '+' : '-', w->bufring ? '+' : '-',
@@ -1987,8 +2026,8 @@ main(int argc, char **argv)
 {
 	struct ucfg cfg = {
 		.ms_accept = 1, .ms_recv = 1, .bufring = 1, .send_inplace = 1,
-		.defer = 1, .sqpoll_idle = 1000, .sq_entries = 256,
-		.nbufs = 256, .batch_us = 500,
+		.defer = 1, .sqpoll_idle = 1000, .sq_entries = 512,
+		.nbufs = 512, .batch_us = 500, .copy_below = 1024,
 	};
 	struct shared sh;
 	struct srv s;
@@ -1996,8 +2035,8 @@ main(int argc, char **argv)
 
 	srv_init(&s, &model, argc, argv, &cfg);
 	if (cfg.cq_entries == 0)
-		cfg.cq_entries = cfg.sq_entries * 16 > 65536 ? 65536 :
-		    cfg.sq_entries * 16;
+		cfg.cq_entries = cfg.sq_entries * 32 > 65536 ? 65536 :
+		    cfg.sq_entries * 32;
 	if (cfg.cq_entries < cfg.sq_entries)
 		srv_usage_error(&s, "--cq-entries must be at least --ring-entries");
 	if (cfg.bufring && (unsigned long long)cfg.nbufs * s.bufsize > (1ULL << 32))
