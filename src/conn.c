@@ -141,6 +141,30 @@ out:
 	free(state);
 }
 
+int
+conn_blocking_listen(struct srv *s, int *reserve)
+{
+	int lfd;
+
+	srv_raise_nofile(s);
+	lfd = srv_listen(s, 0);
+	if ((*reserve = net_reserve_open()) < 0) {
+		srv_warn(s, "reserve descriptor: %s", strerror(-*reserve));
+		exit(SRV_EX_OSERR);
+	}
+	conn_wake_signals();
+	conn_wake_set(CONN_WAKE_LISTENER, lfd);
+	return lfd;
+}
+
+void
+conn_blocking_close(int lfd, int reserve)
+{
+	conn_wake_set(CONN_WAKE_LISTENER, -1);
+	close(lfd);
+	close(reserve);
+}
+
 /* ---- stop signals for blocking models -------------------------------------- */
 
 /*
@@ -394,6 +418,7 @@ conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
 		case EBADF:
 		case ENOTSOCK:
 		case EOPNOTSUPP:
+			srv_warn(s, "accept: %s", strerror(-fd));
 			return fd;
 		default:
 			/* ENOBUFS, ENOMEM, EPERM (a firewall): pass, later. */
@@ -1080,6 +1105,20 @@ conn_begin_stop(struct conn_loop *lp)
 			update(lp, c);
 		}
 	}
+}
+
+int
+conn_loop_listen(struct srv *s, int *sfd)
+{
+	int lfd;
+
+	srv_raise_nofile(s);
+	lfd = srv_listen(s, NET_NONBLOCK);
+	if ((*sfd = srv_signals_block()) < 0) {
+		srv_warn(s, "signalfd: %s", strerror(-*sfd));
+		exit(SRV_EX_OSERR);
+	}
+	return lfd;
 }
 
 int

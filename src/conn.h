@@ -39,6 +39,17 @@ void	conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 
 
 /*
+ * The start and end of a blocking model's main thread.  After srv_init():
+ * raise RLIMIT_NOFILE, listen (blocking), open the reserve descriptor for
+ * EMFILE into *RESERVE, install the stop handler (conn_wake_signals) and
+ * register the listener with it.  Exits 69/71 on failure like
+ * srv_listen().  Returns the listener.  conn_blocking_close() unregisters
+ * and closes both.
+ */
+int	conn_blocking_listen(struct srv *s, int *reserve);
+void	conn_blocking_close(int lfd, int reserve);
+
+/*
  * Stop signals for blocking models.  The net_ functions retry EINTR, and a
  * signal that lands between the check of a flag and the blocking call
  * would be lost anyway, so the handler wakes the blocked call itself: it
@@ -92,8 +103,8 @@ void	conn_reg_wait_below(struct conn_reg *, size_t n);
  * a thread of REG (if any) to close its connection, else shed the pending
  * one with the RESERVE descriptor (net_accept_shed()), instead of retrying
  * at once forever; other transient errors are logged and retried after a
- * pause.  Returns the descriptor, -EINTR at stop, or -errno when the
- * listener itself is unusable.
+ * pause.  Returns the descriptor, -EINTR at stop, or -errno (logged) when
+ * the listener itself is unusable.
  */
 int	conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
 	    int *reserve, struct conn_reg *reg);
@@ -212,6 +223,13 @@ void	conn_run_again(struct conn_loop *);
  * get a grace period to flush.  conn_loop_done() once all are closed.
  */
 void	conn_begin_stop(struct conn_loop *);
+
+/*
+ * The start of a one-thread loop's main(), after srv_init(): raise
+ * RLIMIT_NOFILE, listen non-blocking, and block the stop signals into a
+ * signalfd (*SFD).  Exits 69/71 on failure.  Returns the listener.
+ */
+int	conn_loop_listen(struct srv *s, int *sfd);
 /* Drain the non-blocking signalfd SFD (srv_signals_block()); a stop
  * signal begins the stop.  Returns 1 when one came. */
 int	conn_signalfd(struct conn_loop *, int sfd);

@@ -231,17 +231,12 @@ main(int argc, char **argv)
 	int lfd, fd, reserve;
 
 	srv_init(&s, &model, argc, argv, NULL);
-	srv_raise_nofile(&s);
-	lfd = srv_listen(&s, 0);
-	buf = malloc(s.bufsize);
-	reserve = net_reserve_open();
-	if (buf == NULL || reserve < 0) {
-		srv_warn(&s, "cannot start: %s", strerror(errno));
+	lfd = conn_blocking_listen(&s, &reserve);
+	if ((buf = malloc(s.bufsize)) == NULL) {
+		srv_warn(&s, "out of memory");
 		return SRV_EX_OSERR;
 	}
 	install_reaper();
-	conn_wake_signals();
-	conn_wake_set(CONN_WAKE_LISTENER, lfd);
 	srv_ready(&s);
 	for (;;) {
 		wait_below_max(&s);
@@ -251,12 +246,8 @@ main(int argc, char **argv)
 		srv_debug(&s, "%d children", (int)nkids + 1);
 		spawn(&s, lfd, reserve, fd, &peer, buf);
 	}
-	if (fd != -EINTR)
-		srv_warn(&s, "accept: %s", strerror(-fd));
-	conn_wake_set(CONN_WAKE_LISTENER, -1);
-	close(lfd);
+	conn_blocking_close(lfd, reserve);
 	stop_children();
-	close(reserve);
 	free(buf);
 	free(kids);
 	return fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR;

@@ -20,7 +20,6 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
 #include <unistd.h>
 
 #include "conn.h"
@@ -41,15 +40,11 @@ main(int argc, char **argv)
 	int lfd, fd, reserve;
 
 	srv_init(&s, &model, argc, argv, NULL);
-	lfd = srv_listen(&s, 0);
-	buf = malloc(s.bufsize);
-	reserve = net_reserve_open();
-	if (buf == NULL || reserve < 0) {
-		srv_warn(&s, "cannot start: %s", strerror(errno));
+	lfd = conn_blocking_listen(&s, &reserve);
+	if ((buf = malloc(s.bufsize)) == NULL) {
+		srv_warn(&s, "out of memory");
 		return SRV_EX_OSERR;
 	}
-	conn_wake_signals();
-	conn_wake_set(CONN_WAKE_LISTENER, lfd);
 	srv_ready(&s);
 	while ((fd = conn_accept_wait(&s, lfd, &peer, &reserve, NULL)) >= 0) {
 		conn_wake_set(CONN_WAKE_CONN, fd);
@@ -57,13 +52,7 @@ main(int argc, char **argv)
 		conn_wake_set(CONN_WAKE_CONN, -1);
 		close(fd);
 	}
-	conn_wake_set(CONN_WAKE_LISTENER, -1);
-	close(lfd);
-	close(reserve);
+	conn_blocking_close(lfd, reserve);
 	free(buf);
-	if (fd != -EINTR) {
-		srv_warn(&s, "accept: %s", strerror(-fd));
-		return SRV_EX_OSERR;
-	}
-	return SRV_EX_OK;
+	return fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR;
 }

@@ -163,13 +163,7 @@ main(int argc, char **argv)
 	int lfd, sfd;
 
 	srv_init(&s, &model, argc, argv, &sleep_us);
-	srv_raise_nofile(&s);
-	lfd = srv_listen(&s, NET_NONBLOCK);
-	sfd = srv_signals_block();
-	if (sfd < 0) {
-		srv_warn(&s, "signalfd: %s", strerror(-sfd));
-		return SRV_EX_OSERR;
-	}
+	lfd = conn_loop_listen(&s, &sfd);
 	srv_ready(&s);
 	return run(&s, lfd, sfd, sleep_us);
 }

@@ -181,13 +181,7 @@ main(int argc, char **argv)
 	int lfd, sfd;
 
 	srv_init(&s, &model, argc, argv, NULL);
-	srv_raise_nofile(&s);
-	lfd = srv_listen(&s, NET_NONBLOCK);
-	sfd = srv_signals_block();
-	if (sfd < 0) {
-		srv_warn(&s, "signalfd: %s", strerror(-sfd));
-		return SRV_EX_OSERR;
-	}
+	lfd = conn_loop_listen(&s, &sfd);
 	if (lfd >= FD_SETSIZE || sfd >= FD_SETSIZE) {
 		srv_warn(&s, "descriptors %d and %d: past FD_SETSIZE (%d)", lfd,
 		    sfd, FD_SETSIZE);

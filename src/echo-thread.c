@@ -144,18 +144,14 @@ main(int argc, char **argv)
 	int lfd, fd, reserve;
 
 	srv_init(&s, &model, argc, argv, &o);
-	srv_raise_nofile(&s);
-	lfd = srv_listen(&s, 0);
-	reserve = net_reserve_open();
-	if (reserve < 0 || conn_reg_init(&reg) < 0 ||
+	lfd = conn_blocking_listen(&s, &reserve);
+	if (conn_reg_init(&reg) < 0 ||
 	    pthread_attr_init(&attr) != 0 ||
 	    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) != 0 ||
 	    pthread_attr_setstacksize(&attr, o.stack) != 0) {
 		srv_warn(&s, "cannot start: %s", strerror(errno));
 		return SRV_EX_OSERR;
 	}
-	conn_wake_signals();
-	conn_wake_set(CONN_WAKE_LISTENER, lfd);
 	srv_ready(&s);
 	for (;;) {
 		if (s.max_conns)
@@ -165,13 +161,9 @@ main(int argc, char **argv)
 			break;
 		start(&s, &reg, &attr, fd, &peer);
 	}
-	if (fd != -EINTR)
-		srv_warn(&s, "accept: %s", strerror(-fd));
-	conn_wake_set(CONN_WAKE_LISTENER, -1);
-	close(lfd);
+	conn_blocking_close(lfd, reserve);
 	conn_reg_drain(&reg, STOP_GRACE_MS);
 	pthread_attr_destroy(&attr);
 	conn_reg_fini(&reg);
-	close(reserve);
 	return fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR;
 }

@@ -271,22 +271,18 @@ main(int argc, char **argv)
 	int lfd, fd = -EINTR, reserve, n, want;
 
 	srv_init(&s, &model, argc, argv, &queue);
-	srv_raise_nofile(&s);
 	/*
 	 * -w is the pool size here, not a count of processes: one listener
 	 * without SO_REUSEPORT, and log lines without a pid.
 	 */
 	want = s.workers;
 	s.workers = 1;
-	lfd = srv_listen(&s, 0);
-	reserve = net_reserve_open();
+	lfd = conn_blocking_listen(&s, &reserve);
 	tids = calloc((size_t)want, sizeof(*tids));
-	if (reserve < 0 || tids == NULL || pool_init(&p, &s, queue, want) < 0) {
+	if (tids == NULL || pool_init(&p, &s, queue, want) < 0) {
 		srv_warn(&s, "cannot start: %s", strerror(errno));
 		return SRV_EX_OSERR;
 	}
-	conn_wake_signals();
-	conn_wake_set(CONN_WAKE_LISTENER, lfd);
 	if ((n = pool_start(&p, tids, want)) < want) {
 		srv_warn(&s, "cannot start the workers: %s", strerror(errno));
 		srv_stop = 1;
@@ -300,12 +296,8 @@ main(int argc, char **argv)
 			break;
 		pool_push(&p, fd, &peer);
 	}
-	if (fd != -EINTR)
-		srv_warn(&s, "accept: %s", strerror(-fd));
-	conn_wake_set(CONN_WAKE_LISTENER, -1);
-	close(lfd);
+	conn_blocking_close(lfd, reserve);
 	pool_stop(&p, tids, n);
 	free(tids);
-	close(reserve);
 	return fd == -EINTR && n == want ? SRV_EX_OK : SRV_EX_OSERR;
 }
