@@ -2031,7 +2031,7 @@ main(int argc, char **argv)
 	};
 	struct shared sh;
 	struct srv s;
-	int i, lfd, sfd, rc = SRV_EX_OK;
+	int i, lfd, sfd, nthreads = 0, rc = SRV_EX_OK;
 
 	srv_init(&s, &model, argc, argv, &cfg);
 	if (cfg.cq_entries == 0)
@@ -2056,61 +2056,71 @@ main(int argc, char **argv)
 	pthread_mutex_init(&sh.mu, NULL);
 	pthread_cond_init(&sh.cv, NULL);
 	for (i = 0; i < s.workers; i++) {
+		sh.w[i].lfd = sh.w[i].wake_fd = sh.w[i].reserve = -1;
+		sh.w[i].id = i;
+	}
+	for (i = 0; i < s.workers && rc == SRV_EX_OK; i++) {
 		struct worker *w = &sh.w[i];
 
 		w->s = &s;
 		w->cfg = &cfg;
 		w->sh = &sh;
 		w->id = i;
-		w->reserve = -1;
 		w->lfd = i == 0 ? lfd : srv_listen_again(&s, lfd, NET_NONBLOCK);
 		w->wake_fd = i == 0 ? sfd : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (w->lfd < 0 || w->wake_fd < 0) {
 			srv_warn(&s, "worker %d: %s", i, strerror(w->lfd < 0 ?
 			    -w->lfd : errno));
-			return SRV_EX_OSERR;
+			rc = SRV_EX_OSERR;
 		}
 		/* Accepted sockets inherit the listener's buffer sizes. */
-		if (cfg.sndbuf || cfg.rcvbuf)
+		if (w->lfd >= 0 && (cfg.sndbuf || cfg.rcvbuf))
 			(void)net_set_bufsizes(w->lfd, cfg.sndbuf, cfg.rcvbuf);
 	}
 	/*
 	 * Each ring is made by the thread that uses it: a SINGLE_ISSUER
 	 * ring belongs to the task that created it.
 	 */
-	if ((rc = worker_init(&sh.w[0])) != 0)
-		return rc;
-	for (i = 1; i < s.workers; i++)
+	if (rc == SRV_EX_OK)
+		rc = worker_init(&sh.w[0]);
+	for (i = 1; i < s.workers && rc == SRV_EX_OK; i++) {
 		if (pthread_create(&sh.w[i].thread, NULL, worker_thread,
 		    &sh.w[i]) != 0) {
 			srv_warn(&s, "pthread_create: %s", strerror(errno));
-			return SRV_EX_OSERR;
+			rc = SRV_EX_OSERR;
+			break;
 		}
+		nthreads++;
+	}
 	pthread_mutex_lock(&sh.mu);
-	while (sh.inited < s.workers - 1)
+	while (sh.inited < nthreads)
 		pthread_cond_wait(&sh.cv, &sh.mu);
 	pthread_mutex_unlock(&sh.mu);
-	for (i = 1; i < s.workers; i++)
-		if (sh.w[i].init_rc != 0 && rc == 0)
+	for (i = 1; i <= nthreads; i++)
+		if (sh.w[i].init_rc != 0 && rc == SRV_EX_OK)
 			rc = sh.w[i].init_rc;
-	print_rungs(&sh.w[0]);
-	if (rc == 0) {
+	if (rc == SRV_EX_OK) {
+		print_rungs(&sh.w[0]);
 		srv_ready(&s);
 		rc = worker_run(&sh.w[0]);
+		if (s.verbose > 0)
+			print_stats(&sh.w[0]);
 	}
-	if (rc != 0) {
+	if (rc != SRV_EX_OK) {
 		uint64_t one = 1;
 
-		for (i = 1; i < s.workers; i++)
+		/* The others stop as at a signal. */
+		for (i = 1; i <= nthreads; i++)
 			(void)!write(sh.w[i].wake_fd, &one, sizeof(one));
 	}
-	if (s.verbose > 0)
-		print_stats(&sh.w[0]);
 	worker_fini(&sh.w[0]);
 	for (i = 1; i < s.workers; i++) {
-		pthread_join(sh.w[i].thread, NULL);
-		if (sh.w[i].exit_code != 0 && rc == 0)
-			rc = sh.w[i].exit_code;
+		if (i <= nthreads) {
+			pthread_join(sh.w[i].thread, NULL);
+			if (sh.w[i].exit_code != 0 && rc == SRV_EX_OK)
+				rc = sh.w[i].exit_code;
+		} else
+			worker_fini(&sh.w[i]);	/* never started */
 	}
 	close(sfd);
 	free(sh.w);
