@@ -46,7 +46,7 @@ static const struct {
 	{ "service",	1, 's', "NAME",	NULL },
 	{ "workers",	1, 'w', "N",	NULL },
 	{ "backlog",	1, 'b', "N",	"listen backlog (default 511)" },
-	{ "max-conns",	1, 'm', "N",	"at most N connections at once, 0 = no limit (default 0)" },
+	{ "max-conns",	1, 'm', "N",	"at most N connections at once (per worker with -w), 0 = no limit (default 0)" },
 	{ "bufsize",	1, 'B', "BYTES","read buffer size (default 64k)" },
 	{ "idle-timeout", 1, 't', "SECONDS", "close connections idle this long, 0 = never (default 0)" },
 	{ "highwater",	1, OPT_HIGHWATER, "BYTES", "stop reading a connection with this much output pending (default 256k)" },
