@@ -359,6 +359,7 @@ struct bthread {
 	uint64_t	 issued;	/* open loop: schedule slots used */
 	uint64_t	 inwin;		/* sum of the connections' inwin */
 	int		 draining;
+	int		 started;	/* closed loop: traffic started at GO */
 	int64_t		 cpu0, cpu1;	/* own CPU time at the window's edges */
 	int		 window;	/* 0 before, 1 in, 2 after */
 
@@ -571,10 +572,15 @@ conn_input(struct bthread *t, struct conn *c, const uint8_t *buf, size_t n,
 		c->state = CS_RUNNING;
 		c->base = c->rx;
 		uring_adopt(t, c);
-		if (opt.mode == MODE_CLOSED)
+		/*
+		 * Traffic starts when every connection is set up (GO): a
+		 * server busy echoing would otherwise starve its own accept
+		 * loop (a fork-per-connection parent gets 1/N of a CPU) and
+		 * set-up would take ages.  Open loop: the schedule says when.
+		 */
+		if (opt.mode == MODE_CLOSED && atomic_load(&run.go))
 			for (i = 0; i < opt.depth; i++)
 				conn_queue(t, c, now);
-		/* Open loop: the schedule, not the set-up, says when. */
 	}
 	for (got = c->rx - c->base; c->done < c->sent &&
 	    got >= (c->done + 1) * opt.size;) {
@@ -719,11 +725,13 @@ conn_event(struct bthread *t, struct conn *c, uint32_t ev, int64_t now)
 			conn_connected(t, c);
 		return;
 	}
-	if (c->state == CS_DEAD || c->state == CS_NEW)
+	if (c->state == CS_DEAD || c->state == CS_NEW || c->on_ring)
 		return;
 	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
 		conn_read(t, c, now);
-	if (c->state != CS_DEAD && c->state != CS_NEW && (ev & EPOLLOUT))
+	/* The hello may just have moved it to the ring, sends and all. */
+	if (c->state != CS_DEAD && c->state != CS_NEW && !c->on_ring &&
+	    (ev & EPOLLOUT))
 		conn_flush(t, c);
 }
 
@@ -811,9 +819,16 @@ uring_complete(struct bthread *t, struct io_uring_cqe *cqe, int64_t now)
 		/* Multishot: re-armed once the kernel says it has ended. */
 		if (!(cqe->flags & IORING_CQE_F_MORE))
 			t->epoll_armed = 0;
-		n = epoll_wait(t->epfd, ev, 256, 0);
-		for (i = 0; i < n; i++)
-			conn_event(t, ev[i].data.ptr, ev[i].events, now);
+		/*
+		 * The poll fires on a wake-up, not while events stay ready:
+		 * take them all now, or the rest wait for the next one.
+		 */
+		do {
+			n = epoll_wait(t->epfd, ev, 256, 0);
+			for (i = 0; i < n; i++)
+				conn_event(t, ev[i].data.ptr, ev[i].events,
+				    now);
+		} while (n == 256);
 		return;
 	}
 	if ((ud & UD_TAGS) == UD_SEND) {
@@ -978,6 +993,25 @@ thread_launch(struct bthread *t, int64_t now)
 	}
 }
 
+/* Closed loop, at GO: every connection set up so far starts sending. */
+static void
+thread_start(struct bthread *t, int64_t now)
+{
+	struct conn *c;
+	int i, k;
+
+	if (opt.mode != MODE_CLOSED)
+		return;
+	for (i = 0; i < t->nactive; i++) {
+		c = &t->conns[i];
+		if (c->state != CS_RUNNING || c->sent)
+			continue;
+		for (k = 0; k < opt.depth; k++)
+			conn_queue(t, c, now);
+		conn_kick(t, c);
+	}
+}
+
 /* Open loop: send every message whose time has come. */
 static void
 thread_schedule(struct bthread *t, int64_t now)
@@ -1109,6 +1143,10 @@ thread_main(void *arg)
 		}
 		if (t->draining && (t->inwin == 0 || now >= deadline))
 			break;
+		if (go && !t->started) {
+			t->started = 1;
+			thread_start(t, now);
+		}
 		if (!t->draining)
 			thread_launch(t, now);
 		if (go && opt.mode == MODE_OPEN)
@@ -1501,6 +1539,8 @@ struct result {
 	double		 client_cpu;	/* fraction of a core */
 	int		 have_srv;
 	struct srvstat	 s0, s1;
+	int64_t		 ts0, ts1;	/* when s0 and s1 were taken */
+	int64_t		 tp0, tp1;	/* when perf counted from and to */
 	long		 pss_base_kb;
 	double		 syscalls;	/* -1: not counted */
 	const char	*syscalls_why;
@@ -1529,6 +1569,38 @@ mode_name(void)
 	    opt.mode == MODE_CHURN ? "churn" : "closed";
 }
 
+/*
+ * The server's figures as rates: CPU time and scheduling over the interval
+ * the snapshots really covered, system calls over perf's, each divided by
+ * the window's message rate.  NAN when unknown, or when the interval
+ * covered less than half the window (a machine so loaded that this thread
+ * woke far too late) and the rate would mean little.
+ */
+struct derived {
+	double	cpu_pct, cpu_us_msg, sched_msg, sc_msg;
+};
+
+static void
+derive(const struct result *r, struct derived *d)
+{
+	double rate = r->msgs / r->secs, span;
+
+	d->cpu_pct = d->cpu_us_msg = d->sched_msg = d->sc_msg = NAN;
+	if (!r->have_srv)
+		return;
+	span = (r->ts1 - r->ts0) / 1e9;
+	if (span >= r->secs / 2) {
+		d->cpu_pct = 100.0 * (r->s1.cpu_ns - r->s0.cpu_ns) / 1e9 / span;
+		if (rate > 0) {
+			d->cpu_us_msg = d->cpu_pct / 100 * 1e6 / rate;
+			d->sched_msg = (r->s1.sched - r->s0.sched) / span / rate;
+		}
+	}
+	span = (r->tp1 - r->tp0) / 1e9;
+	if (r->syscalls >= 0 && rate > 0 && span >= r->secs / 2)
+		d->sc_msg = r->syscalls / span / rate;
+}
+
 /* All figures, in one order, for CSV and JSON alike. */
 struct field {
 	const char	*name;
@@ -1539,23 +1611,16 @@ struct field {
 static int
 result_fields(const struct result *r, struct field *f)
 {
-	double msgs = r->msgs, cpu = NAN, cpumsg = NAN, sw = NAN, pct = NAN;
-	double pss = NAN, pss0 = NAN, tasks = NAN, sc = NAN;
+	double msgs = r->msgs, pss = NAN, pss0 = NAN, tasks = NAN;
 	const struct hist *h = r->hist;
+	struct derived d;
 	int n = 0;
 
+	derive(r, &d);
 	if (r->have_srv) {
-		cpu = (r->s1.cpu_ns - r->s0.cpu_ns) / 1e9;
-		pct = 100.0 * cpu / r->secs;
-		if (msgs > 0) {
-			cpumsg = cpu * 1e6 / msgs;
-			sw = (double)(r->s1.sched - r->s0.sched) / msgs;
-		}
 		pss = r->s1.pss_kb;
 		pss0 = r->pss_base_kb;
 		tasks = r->s1.ntask;
-		if (r->syscalls >= 0 && msgs > 0)
-			sc = r->syscalls / msgs;
 	}
 #define F(nm, val, p) do { f[n].name = nm; f[n].v = (val); f[n].prec = p; n++; } while (0)
 	F("conns", opt.conns, 0);
@@ -1581,10 +1646,10 @@ result_fields(const struct result *r, struct field *f)
 	F("stalled", r->stalled, 0);
 	F("unfinished", r->unfinished, 0);
 	F("idle_lost", r->idle_lost, 0);
-	F("server_cpu_pct", pct, 1);
-	F("server_cpu_us_per_msg", cpumsg, 4);
-	F("server_sched_per_msg", sw, 4);
-	F("server_syscalls_per_msg", sc, 4);
+	F("server_cpu_pct", d.cpu_pct, 1);
+	F("server_cpu_us_per_msg", d.cpu_us_msg, 4);
+	F("server_sched_per_msg", d.sched_msg, 4);
+	F("server_syscalls_per_msg", d.sc_msg, 4);
 	F("server_mem_base_kb", pss0, 0);
 	F("server_mem_kb", pss, 0);
 	F("server_tasks", tasks, 0);
@@ -1659,7 +1724,8 @@ static void
 print_table(const struct result *r)
 {
 	const struct hist *h = r->hist;
-	double msgs = r->msgs, cpu;
+	double msgs = r->msgs;
+	struct derived d;
 
 	printf("%s: %s %s, %s loop, %d conns (+%d idle)", BENCH_PROG,
 	    opt.addrstr, opt.proto->name, mode_name(), opt.conns, opt.idle);
@@ -1689,20 +1755,23 @@ print_table(const struct result *r)
 	if (r->last_err)
 		printf(" (last: %s)", strerror(r->last_err));
 	printf("\n");
+	derive(r, &d);
 	if (r->have_srv) {
-		cpu = (r->s1.cpu_ns - r->s0.cpu_ns) / 1e9;
-		printf("  server      pid %d, %d process%s, %d task%s: cpu %.1f%% "
-		    "of a core", (int)opt.server_pid, r->s1.nproc,
+		printf("  server      pid %d, %d process%s, %d task%s: ",
+		    (int)opt.server_pid, r->s1.nproc,
 		    r->s1.nproc == 1 ? "" : "es", r->s1.ntask,
-		    r->s1.ntask == 1 ? "" : "s", 100 * cpu / r->secs);
-		if (msgs > 0)
-			printf(", %.3f us/msg, %.3f sched/msg", cpu * 1e6 / msgs,
-			    (double)(r->s1.sched - r->s0.sched) / msgs);
+		    r->s1.ntask == 1 ? "" : "s");
+		if (isnan(d.cpu_pct))
+			printf("cpu not measured (snapshots too late)");
+		else
+			printf("cpu %.1f%% of a core", d.cpu_pct);
+		if (!isnan(d.cpu_us_msg))
+			printf(", %.3f us/msg, %.3f sched/msg", d.cpu_us_msg,
+			    d.sched_msg);
 		printf("\n              anon memory %ld KiB (before connecting %ld KiB)\n",
 		    r->s1.pss_kb, r->pss_base_kb);
-		if (r->syscalls >= 0 && msgs > 0)
-			printf("              %.3f syscalls/msg\n",
-			    r->syscalls / msgs);
+		if (!isnan(d.sc_msg))
+			printf("              %.3f syscalls/msg\n", d.sc_msg);
 		else if (r->syscalls_why)
 			printf("              syscalls/msg not counted: %s\n",
 			    r->syscalls_why);
@@ -2091,7 +2160,8 @@ main(int argc, char **argv)
 	struct bthread *th;
 	struct hist *all;
 	struct perf perf = { .pid = -1 };
-	int64_t t_setup;
+	int64_t t_setup, t_a;
+	struct srvstat smem;
 	int i, k, perf_on = 0, rc;
 	struct sigaction sa;
 
@@ -2143,21 +2213,43 @@ main(int argc, char **argv)
 	run.t_end = run.t_start + opt.duration;
 	atomic_store_explicit(&run.go, 1, memory_order_release);
 
+	/*
+	 * A snapshot of a big process tree takes a while, and on a loaded
+	 * machine this thread may wake late: every figure taken here is a
+	 * rate over the interval it really covered (its midpoints), scaled
+	 * by the message rate of the window.
+	 */
 	sleep_until(run.t_start);
-	if (r.have_srv)
+	if (r.have_srv) {
+		t_a = now_ns();
 		srv_snapshot(opt.server_pid, &r.s0, 0);
-	if (perf.pid > 0)
+		r.ts0 = (t_a + now_ns()) / 2;
+	}
+	if (perf.pid > 0) {
+		t_a = now_ns();
 		perf_on = perf_cmd(&perf, "enable\n", 2000) == 0;
+		r.tp0 = (t_a + now_ns()) / 2;
+	}
 
 	while (!bench_interrupted && now_ns() < run.t_end)
 		sleep_until(run.t_end < now_ns() + 50000000 ? run.t_end :
 		    now_ns() + 50000000);
 	if (bench_interrupted)
 		run.t_end = now_ns();	/* threads read it on their next pass */
-	if (perf_on)
+	if (perf_on) {
+		t_a = now_ns();
 		perf_cmd(&perf, "disable\n", 2000);
-	if (r.have_srv && srv_snapshot(opt.server_pid, &r.s1, 1) < 0)
-		r.have_srv = 0;		/* it died under us */
+		r.tp1 = (t_a + now_ns()) / 2;
+	}
+	if (r.have_srv) {
+		t_a = now_ns();
+		if (srv_snapshot(opt.server_pid, &r.s1, 0) < 0)
+			r.have_srv = 0;		/* it died under us */
+		r.ts1 = (t_a + now_ns()) / 2;
+		/* Memory last: smaps_rollup of a thousand processes is slow. */
+		if (r.have_srv && srv_snapshot(opt.server_pid, &smem, 1) == 0)
+			r.s1.pss_kb = smem.pss_kb;
+	}
 	atomic_store(&run.stop, 1);
 	atomic_store(&run.measured, 1);
 	if (perf.pid > 0) {
