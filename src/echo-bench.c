@@ -79,7 +79,7 @@
  * then waits out TCP's retransmission backoff (1, 2, 4, 8 ... s).
  */
 #define BENCH_CONNECTING_MAX 256	/* well under a listen backlog of 511 */
-#define BENCH_DRAIN_NS	(2 * NS)	/* wait for late echoes after the end */
+#define BENCH_DRAIN_NS	(1 * NS)	/* wait for late echoes after the end */
 #define BENCH_PERF_MAX_TASKS 2048
 #define NS		1000000000LL
 
