@@ -285,17 +285,6 @@ conn_reg_del(struct conn_reg *r, int fd)
 	pthread_mutex_unlock(&r->mu);
 }
 
-size_t
-conn_reg_count(struct conn_reg *r)
-{
-	size_t n;
-
-	pthread_mutex_lock(&r->mu);
-	n = r->n;
-	pthread_mutex_unlock(&r->mu);
-	return n;
-}
-
 static void
 deadline_in(struct timespec *ts, int ms)
 {

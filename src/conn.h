@@ -37,7 +37,6 @@
 void	conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 	    uint8_t *buf);
 
-
 /*
  * The start and end of a blocking model's main thread.  After srv_init():
  * raise RLIMIT_NOFILE, listen (blocking), open the reserve descriptor for
@@ -94,8 +93,8 @@ int	conn_reg_init(struct conn_reg *);
 void	conn_reg_fini(struct conn_reg *);
 int	conn_reg_add(struct conn_reg *, int fd);	/* 0, -ENOMEM, -ESHUTDOWN */
 void	conn_reg_del(struct conn_reg *, int fd);
-size_t	conn_reg_count(struct conn_reg *);
 void	conn_reg_wait_below(struct conn_reg *, size_t n);
+void	conn_reg_drain(struct conn_reg *, int grace_ms);
 
 /*
  * Block in accept() on the blocking listener LFD until a connection comes
@@ -108,7 +107,7 @@ void	conn_reg_wait_below(struct conn_reg *, size_t n);
  */
 int	conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
 	    int *reserve, struct conn_reg *reg);
-void	conn_reg_drain(struct conn_reg *, int grace_ms);
+
 
 /* ---- readiness loops: many connections in one thread ---------------------- */
 
