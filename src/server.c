@@ -447,28 +447,6 @@ srv_signals_block(void)
 }
 
 static void
-on_stop(int sig)
-{
-	(void)sig;
-	srv_stop = 1;
-}
-
-void
-srv_signals_flag(void)
-{
-	struct sigaction sa;
-
-	srv_signals_ignore_pipe();
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_stop;
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = 0;	/* no SA_RESTART: blocking calls return EINTR */
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
-}
-
-static void
 vlog(const struct srv *s, const char *fmt, va_list ap)
 {
 	char buf[1024];

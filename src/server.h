@@ -131,13 +131,11 @@ void	srv_ready(const struct srv *s);
  * (call before creating threads, so they inherit the mask) and return a
  * signalfd for them, for models with a readiness loop.
  *
- * srv_signals_flag(): install a handler that sets srv_stop, WITHOUT
- * SA_RESTART, so a blocking accept()/read() returns EINTR and the loop can
- * look at the flag.  For blocking models.
+ * srv_stop: set by the stop handler of the blocking models (conn.c's
+ * conn_wake_signals(), which also wakes the blocked call).
  */
 extern volatile sig_atomic_t srv_stop;
 int	srv_signals_block(void);
-void	srv_signals_flag(void);
 void	srv_signals_ignore_pipe(void);
 
 /* Logging to stderr, prefixed with the program name (and pid for -w > 1). */
