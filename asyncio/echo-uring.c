@@ -53,7 +53,15 @@
  *   - a peer that stops reading must not pin the shared buffer ring:
  *     past a few buffers per connection the data is copied out and the
  *     buffer returned; under shortage, queued buffers are copied out and
- *     stuck sends cancelled (evict).
+ *     stuck sends cancelled (evict);
+ *   - a buffer sent from is out of the ring until the send's completion
+ *     is reaped, a round later: small messages are copied instead, or a
+ *     busy round drains the ring (conn_input);
+ *   - io_uring's accept takes a descriptor slot before it looks at the
+ *     backlog: at EMFILE it fails at once, forever; poll the listener and
+ *     shed instead (on_accept, on_lpoll);
+ *   - a multishot accept takes the whole backlog before a cancel lands:
+ *     past -m, connections are parked, not refused (conn_new).
  *
  * -w N runs N threads, each with its own ring, buffer ring and
  * SO_REUSEPORT listener: nothing is shared between them.
