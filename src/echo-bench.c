@@ -2135,6 +2135,21 @@ threads_make(void)
 	return th;
 }
 
+static void
+threads_free(struct bthread *th)
+{
+	int i;
+
+	for (i = 0; i < opt.threads; i++) {
+		free(th[i].conns);
+		free(th[i].stamps);
+		free(th[i].rbuf);
+		free(th[i].restart);
+		free(th[i].restart2);
+	}
+	free(th);
+}
+
 /*
  * Wait until every connection is set up (or failed), or the timeout.  In
  * churn mode only the idle ones are set up beforehand.
@@ -2293,6 +2308,9 @@ main(int argc, char **argv)
 	else
 		print_table(&r);
 	fflush(stdout);
+	/* Freed so that LeakSanitizer runs in the test suite stay quiet. */
+	threads_free(th);
+	free(all);
 	if (r.msgs == 0 && r.errors > 0)
 		return BENCH_EX_UNAVAILABLE;
 	return r.errors || r.mismatches ? 1 : 0;
