@@ -208,32 +208,62 @@ static struct bench_opts opt;
 /* ---- protocols ---------------------------------------------------------- */
 
 /*
- * What the bench speaks.  echo and upper are byte streams: a message is
- * SIZE bytes of the connection's pattern, the reply is those bytes,
- * transformed, and messages are told apart by counting.  A framed protocol
- * (rpc: length prefix + JSON) would add a request encoder and a reply
- * parser here; the loop below only asks the protocol to check reply bytes.
+ * What the bench speaks.  Each direction is a tape: a byte string that
+ * repeats every PERIOD bytes, followed by a copy of its first BENCH_WINDOW
+ * bytes so that any window of up to that many bytes is contiguous.  A
+ * connection sends its request tape from an offset of its own and checks
+ * what comes back against its reply tape from the matching offset, so
+ * neither sending nor checking copies or parses anything.  echo and upper
+ * are byte streams: both tapes are the pattern, a unit is one byte, the
+ * hello is one byte and the reply is as long as the request.  rpc is
+ * framed: a unit is one whole frame, on each tape, and the frames on the
+ * two tapes differ in length.  The loops below only count bytes.
  */
-struct bench_proto {
-	const char	*name;
-	/* Is BUF what offset OFF of the pattern becomes?  LEN <= BENCH_WINDOW. */
-	int		(*check)(const uint8_t *pat, const uint8_t *buf, size_t len);
+struct bench_wire {
+	const uint8_t	*tx, *rx;	/* request and reply tapes */
+	size_t		 unit_tx;	/* tape bytes per unit (seed step) */
+	size_t		 unit_rx;
+	size_t		 units;		/* units per period */
+	size_t		 msg_tx;	/* request bytes per message */
+	size_t		 msg_rx;	/* reply bytes per message */
+	size_t		 hello_tx;	/* request bytes of the hello */
+	size_t		 hello_rx;
 };
 
-static int
-proto_echo_check(const uint8_t *pat, const uint8_t *buf, size_t len)
+struct bench_proto {
+	const char	*name;
+	/* Fill WIRE for messages of opt.size bytes, from the pattern. */
+	void		(*init)(struct bench_wire *wire, const uint8_t *pat);
+	/* Is BUF what WANT (the reply tape) says?  LEN <= BENCH_WINDOW. */
+	int		(*check)(const uint8_t *want, const uint8_t *buf, size_t len);
+};
+
+static struct bench_wire bench_wire;
+
+static void
+proto_stream_init(struct bench_wire *w, const uint8_t *pat)
 {
-	return memcmp(pat, buf, len) == 0;
+	w->tx = w->rx = pat;
+	w->unit_tx = w->unit_rx = 1;
+	w->units = BENCH_PATLEN;
+	w->msg_tx = w->msg_rx = opt.size;
+	w->hello_tx = w->hello_rx = 1;
 }
 
 static int
-proto_upper_check(const uint8_t *pat, const uint8_t *buf, size_t len)
+proto_echo_check(const uint8_t *want, const uint8_t *buf, size_t len)
+{
+	return memcmp(want, buf, len) == 0;
+}
+
+static int
+proto_upper_check(const uint8_t *want, const uint8_t *buf, size_t len)
 {
 	size_t i;
 	uint8_t c;
 
 	for (i = 0; i < len; i++) {
-		c = pat[i];
+		c = want[i];
 		if (c >= 'a' && c <= 'z')
 			c -= 'a' - 'A';
 		if (buf[i] != c)
@@ -242,10 +272,68 @@ proto_upper_check(const uint8_t *pat, const uint8_t *buf, size_t len)
 	return 1;
 }
 
+/*
+ * rpc (svc-rpc.c): a frame is a 4-byte big-endian length and compact JSON.
+ * The payload is a JSON string of letters and digits taken from the
+ * pattern, so it needs no escaping and the server prints it back as is;
+ * the envelopes are the exact text svc-rpc.c prints (keys in this order,
+ * no spaces).  BENCH_RPC_FRAMES different frames, a prime number, so
+ * neighbouring messages differ and a swapped or repeated answer shows.
+ */
+#define BENCH_RPC_FRAMES 31
+#define BENCH_RPC_REQ_HEAD	"{\"in\":\"ping\",\"params\":\""
+#define BENCH_RPC_REP_HEAD	"{\"out\":\"pong\",\"result\":\""
+#define BENCH_RPC_TAIL		"\"}"
+
+static uint8_t *
+rpc_tape(const uint8_t *pat, size_t plen, const char *head, size_t *unit)
+{
+	static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "abcdefghijklmnopqrstuvwxyz0123456789";
+	size_t hlen = strlen(head), tlen = strlen(BENCH_RPC_TAIL);
+	size_t body = hlen + plen + tlen, period, i, k;
+	uint8_t *tape, *f;
+
+	*unit = 4 + body;
+	period = BENCH_RPC_FRAMES * *unit;
+	if ((tape = malloc(period + BENCH_WINDOW)) == NULL)
+		abort();
+	for (k = 0; k < BENCH_RPC_FRAMES; k++) {
+		f = tape + k * *unit;
+		f[0] = (uint8_t)(body >> 24);
+		f[1] = (uint8_t)(body >> 16);
+		f[2] = (uint8_t)(body >> 8);
+		f[3] = (uint8_t)body;
+		memcpy(f + 4, head, hlen);
+		for (i = 0; i < plen; i++)
+			f[4 + hlen + i] = alnum[pat[(k * plen + i) %
+			    BENCH_PATLEN] % (sizeof(alnum) - 1)];
+		memcpy(f + 4 + hlen + plen, BENCH_RPC_TAIL, tlen);
+	}
+	for (i = period; i < period + BENCH_WINDOW; i++)
+		tape[i] = tape[i - period];
+	return tape;
+}
+
+/* The request frame is opt.size bytes, or as small as one payload byte. */
+static void
+proto_rpc_init(struct bench_wire *w, const uint8_t *pat)
+{
+	size_t over = 4 + strlen(BENCH_RPC_REQ_HEAD) + strlen(BENCH_RPC_TAIL);
+	size_t plen = opt.size > over ? opt.size - over : 1;
+
+	w->tx = rpc_tape(pat, plen, BENCH_RPC_REQ_HEAD, &w->unit_tx);
+	w->rx = rpc_tape(pat, plen, BENCH_RPC_REP_HEAD, &w->unit_rx);
+	w->units = BENCH_RPC_FRAMES;
+	w->msg_tx = w->hello_tx = w->unit_tx;
+	w->msg_rx = w->hello_rx = w->unit_rx;
+}
+
 static const struct bench_proto bench_protos[] = {
-	{ "echo", proto_echo_check },
-	{ "upper", proto_upper_check },
-	{ NULL, NULL }
+	{ "echo", proto_stream_init, proto_echo_check },
+	{ "upper", proto_stream_init, proto_upper_check },
+	{ "rpc", proto_rpc_init, proto_echo_check },
+	{ NULL, NULL, NULL }
 };
 
 /* ---- time --------------------------------------------------------------- */
@@ -318,10 +406,12 @@ struct conn {
 	uint8_t		 sending;	/* io_uring: a send is in flight */
 	uint8_t		*buf;		/* io_uring: its receive buffer */
 	uint32_t	 idx;		/* among the thread's active ones */
-	uint32_t	 seed;		/* pattern offset of byte 0 */
+	uint32_t	 seed;		/* request tape offset of byte 0 */
+	uint32_t	 rseed;		/* reply tape offset of byte 0 */
 	uint64_t	 tx;		/* bytes written */
 	uint64_t	 tx_goal;	/* bytes queued (written or not) */
 	uint64_t	 rx;		/* bytes received and checked */
+	uint64_t	 rx_goal;	/* reply bytes due for what is queued */
 	uint64_t	 base;		/* stream offset of message 0 */
 	uint64_t	 sent;		/* messages queued */
 	uint64_t	 done;		/* messages whose echo is complete */
@@ -433,11 +523,12 @@ conn_flush(struct bthread *t, struct conn *c)
 	ssize_t n;
 
 	while (c->tx < c->tx_goal) {
-		off = (c->seed + c->tx) % BENCH_PATLEN;
+		off = (c->seed + c->tx) % (bench_wire.units *
+		    bench_wire.unit_tx);
 		len = c->tx_goal - c->tx;
 		if (len > BENCH_WINDOW)
 			len = BENCH_WINDOW;
-		n = send(c->fd, bench_pat + off, len, MSG_NOSIGNAL);
+		n = send(c->fd, bench_wire.tx + off, len, MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -489,7 +580,8 @@ conn_queue(struct bthread *t, struct conn *c, int64_t ts)
 	if (opt.mode == MODE_CLOSED)
 		c->stamp[c->sent % opt.depth] = ts;
 	c->sent++;
-	c->tx_goal += opt.size;
+	c->tx_goal += bench_wire.msg_tx;
+	c->rx_goal += bench_wire.msg_rx;
 	if (atomic_load_explicit(&run.go, memory_order_acquire) &&
 	    in_window(ts)) {
 		c->inwin++;
@@ -549,14 +641,14 @@ conn_input(struct bthread *t, struct conn *c, const uint8_t *buf, size_t n,
 	size_t off, got;
 	int i;
 
-	if ((uint64_t)n > c->tx_goal - c->rx) {
-		/* More than we ever sent: the server invented bytes. */
+	if ((uint64_t)n > c->rx_goal - c->rx) {
+		/* More than we ever asked for: the server invented bytes. */
 		t->mismatches++;
 		conn_fail(t, c, 0);
 		return;
 	}
-	off = (c->seed + c->rx) % BENCH_PATLEN;
-	if (!opt.proto->check(bench_pat + off, buf, n)) {
+	off = (c->rseed + c->rx) % (bench_wire.units * bench_wire.unit_rx);
+	if (!opt.proto->check(bench_wire.rx + off, buf, n)) {
 		t->mismatches++;
 		conn_fail(t, c, 0);
 		return;
@@ -583,7 +675,7 @@ conn_input(struct bthread *t, struct conn *c, const uint8_t *buf, size_t n,
 				conn_queue(t, c, now);
 	}
 	for (got = c->rx - c->base; c->done < c->sent &&
-	    got >= (c->done + 1) * opt.size;) {
+	    got >= (c->done + 1) * bench_wire.msg_rx;) {
 		conn_message_done(t, c, now);
 		if (c->state != CS_RUNNING)
 			return;
@@ -605,8 +697,8 @@ conn_read(struct bthread *t, struct conn *c, int64_t now)
 	ssize_t n;
 
 	want = BENCH_RBUF;
-	if (c->tx_goal - c->rx < want && c->tx_goal > c->rx)
-		want = c->tx_goal - c->rx;
+	if (c->rx_goal - c->rx < want && c->rx_goal > c->rx)
+		want = c->rx_goal - c->rx;
 	do
 		n = recv(c->fd, t->rbuf, want, 0);
 	while (n < 0 && errno == EINTR);
@@ -636,7 +728,8 @@ conn_socket(struct bthread *t, struct conn *c)
 		return r;
 	}
 	c->fd = fd;
-	c->tx = c->tx_goal = c->rx = c->base = c->sent = c->done = 0;
+	c->tx = c->tx_goal = c->rx = c->rx_goal = c->base = 0;
+	c->sent = c->done = 0;
 	c->pollout = 0;
 	if (connect(fd, (const struct sockaddr *)&opt.addr.ss, opt.addr.len) == 0)
 		return 1;
@@ -703,12 +796,14 @@ conn_connected(struct bthread *t, struct conn *c)
 	} else {
 		/*
 		 * A connect completes in the kernel, before the server has
-		 * accepted: echo one byte first, so that when set-up is over
-		 * the server really holds every connection (its process or
-		 * thread exists, its descriptor is in its interest set).
+		 * accepted: echo one byte (rpc: one frame) first, so that
+		 * when set-up is over the server really holds every
+		 * connection (its process or thread exists, its descriptor
+		 * is in its interest set).
 		 */
 		c->state = CS_HELLO;
-		c->tx_goal = 1;
+		c->tx_goal = bench_wire.hello_tx;
+		c->rx_goal = bench_wire.hello_rx;
 	}
 	if (conn_interest(t, c, EPOLLIN, EPOLL_CTL_MOD) < 0) {
 		conn_fail(t, c, errno);
@@ -784,12 +879,12 @@ uring_send(struct bthread *t, struct conn *c)
 
 	if (c->sending || c->tx >= c->tx_goal)
 		return;
-	off = (c->seed + c->tx) % BENCH_PATLEN;
+	off = (c->seed + c->tx) % (bench_wire.units * bench_wire.unit_tx);
 	len = c->tx_goal - c->tx;
 	if (len > BENCH_WINDOW)
 		len = BENCH_WINDOW;
 	sqe = uring_sqe(t);
-	io_uring_prep_send(sqe, c->fd, bench_pat + off, len, MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, c->fd, bench_wire.tx + off, len, MSG_NOSIGNAL);
 	io_uring_sqe_set_data(sqe, (void *)((uintptr_t)c | UD_SEND));
 	c->sending = 1;
 }
@@ -916,7 +1011,7 @@ uring_make(struct bthread *t)
 			return NULL;
 		}
 	}
-	t->cbuf_size = opt.size * opt.depth;
+	t->cbuf_size = bench_wire.msg_rx * opt.depth;
 	if (t->cbuf_size < 512)
 		t->cbuf_size = 512;
 	if (t->cbuf_size > BENCH_RBUF)
@@ -1626,13 +1721,13 @@ result_fields(const struct result *r, struct field *f)
 	F("conns", opt.conns, 0);
 	F("idle", opt.idle, 0);
 	F("depth", opt.mode == MODE_CLOSED ? opt.depth : NAN, 0);
-	F("size", (double)opt.size, 0);
+	F("size", (double)bench_wire.msg_tx, 0);
 	F("threads", opt.threads, 0);
 	F("rate", opt.mode == MODE_OPEN ? opt.rate : NAN, 0);
 	F("seconds", r->secs, 3);
 	F("msgs", msgs, 0);
 	F("msgs_per_s", msgs / r->secs, 1);
-	F("mbytes_per_s", msgs * opt.size / r->secs / 1e6, 3);
+	F("mbytes_per_s", msgs * bench_wire.msg_tx / r->secs / 1e6, 3);
 	F("conns_per_s", opt.mode == MODE_CHURN ? r->cycles / r->secs : NAN, 1);
 	F("p50_us", hist_quantile(h, 0.50) / 1e3, 2);
 	F("p90_us", hist_quantile(h, 0.90) / 1e3, 2);
@@ -1733,10 +1828,10 @@ print_table(const struct result *r)
 		printf(", depth %d", opt.depth);
 	if (opt.mode == MODE_OPEN)
 		printf(", %.0f msg/s offered", opt.rate);
-	printf(", %zu B, %d %s thread%s, %.2f s\n", opt.size, opt.threads,
-	    engine_name(r), opt.threads > 1 ? "s" : "", r->secs);
+	printf(", %zu B, %d %s thread%s, %.2f s\n", bench_wire.msg_tx,
+	    opt.threads, engine_name(r), opt.threads > 1 ? "s" : "", r->secs);
 	printf("  throughput  %.0f msg/s  %.2f MB/s", msgs / r->secs,
-	    msgs * opt.size / r->secs / 1e6);
+	    msgs * bench_wire.msg_tx / r->secs / 1e6);
 	if (opt.mode == MODE_CHURN)
 		printf("  %.0f conn/s", r->cycles / r->secs);
 	printf("\n");
@@ -1802,7 +1897,7 @@ usage(FILE *f)
 "      --churn            connect, echo one message, close: connections/s\n"
 "  -T, --threads N        load threads (1)\n"
 "  -E, --engine NAME      auto (io_uring if it can, else epoll), epoll, uring\n"
-"  -S, --service NAME     echo or upper (what the replies are checked as)\n"
+"  -S, --service NAME     echo, upper or rpc (what is sent, how replies are checked)\n"
 "      --server-pid PID   report the CPU time, scheduling and memory of PID\n"
 "                         and all its descendants\n"
 "      --syscalls         also count its system calls with perf(1)\n"
@@ -2030,7 +2125,7 @@ parse_args(int argc, char **argv)
 		if (strcmp(bench_protos[i].name, svc) == 0)
 			opt.proto = &bench_protos[i];
 	if (!opt.proto)
-		bad_usage("unknown service '%s' (echo, upper)", svc);
+		bad_usage("unknown service '%s' (echo, upper, rpc)", svc);
 	if (churn && opt.rate > 0)
 		bad_usage("--churn and --rate do not mix");
 	opt.mode = churn ? MODE_CHURN : opt.rate > 0 ? MODE_OPEN : MODE_CLOSED;
@@ -2093,6 +2188,7 @@ static struct bthread *
 threads_make(void)
 {
 	struct bthread *th, *t;
+	uint64_t u;
 	int i, k, a, id;
 
 	if ((th = calloc(opt.threads, sizeof(*th))) == NULL)
@@ -2127,7 +2223,9 @@ threads_make(void)
 			c->fd = -1;
 			c->idle = !a;
 			c->idx = k;
-			c->seed = (uint32_t)(((uint64_t)id * 7919 + 1) % BENCH_PATLEN);
+			u = ((uint64_t)id * 7919 + 1) % bench_wire.units;
+			c->seed = (uint32_t)(u * bench_wire.unit_tx);
+			c->rseed = (uint32_t)(u * bench_wire.unit_rx);
 			if (a)
 				c->stamp = t->stamps + (size_t)k * opt.depth;
 		}
@@ -2188,6 +2286,7 @@ main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile((rlim_t)opt.conns + opt.idle + 16 + 3 * opt.threads);
 	pattern_init();
+	opt.proto->init(&bench_wire, bench_pat);
 	if (opt.server_pid) {
 		if (srv_snapshot(opt.server_pid, &r.s0, 1) < 0) {
 			fprintf(stderr, "%s: server pid %d: no such process\n",

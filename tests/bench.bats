@@ -109,6 +109,37 @@ csv_field() { # CSV-TEXT NAME
 	stop_server
 }
 
+@test "echo-bench: --service rpc checks every byte of the pong frames (echo-epoll, echo-thread)" {
+	local srv e
+	for srv in echo-epoll echo-thread; do
+		SERVER_CMD=("$top_builddir/src/$srv")
+		start_server -s rpc
+		for e in epoll uring; do
+			run without_fd3 "$BENCH" -q --csv -S rpc -E "$e" -c 10 -d 2 -s 300 -i 5 \
+			    -D 0.5 -W 0.1 "$SRV_ADDR"
+			if [[ $e == uring && $status == 69 ]]; then
+				continue	# io_uring not allowed here: said so, exit 69
+			fi
+			assert_success
+			assert_equal "$(csv_field "$output" mismatches)" 0
+			assert_equal "$(csv_field "$output" errors)" 0
+			assert_equal "$(csv_field "$output" size)" 300
+			(($(csv_field "$output" msgs) > 0)) || fail "$srv -E $e: no messages: $output"
+		done
+		stop_server
+	done
+}
+
+@test "echo-bench: --service rpc against an echo server is a mismatch, exit 1" {
+	start_server -s echo
+	# The echo of a request frame is not the pong frame: its length differs.
+	run without_fd3 "$BENCH" -q --csv --service rpc -c 4 -D 0.2 -W 0 "$SRV_ADDR"
+	assert_equal "$status" 1
+	(($(csv_field "$output" mismatches) >= 1)) || fail "no mismatch counted: $output"
+	assert_equal "$(csv_field "$output" msgs)" 0
+	stop_server
+}
+
 @test "echo-bench: open loop keeps its rate, churn counts connections" {
 	start_server
 	run without_fd3 "$BENCH" -q --csv -c 10 -r 5000 -D 0.5 -W 0.1 "$SRV_ADDR"
