@@ -381,9 +381,12 @@ stderr: $stderr"
 	fi
 	release_bg "$pid"
 	((BG_STATUS == 0)) || fail "served clients broken after EMFILE: $(cat "$out" "$out.err")"
-	# Descriptors are free again: a new client is served.
-	run iotest echo -T 10 "$SRV_ADDR"
-	assert_success
+	# Descriptors free up as the server sees the closes; a pool may still
+	# be draining connections it queued while the table was full, and
+	# shed a client meanwhile.  Recovery means a new client is served
+	# within a bound, not at the very first attempt.
+	wait_until 15 iotest echo -T 5 "$SRV_ADDR" ||
+		fail "no client served after EMFILE; log: $(tail -n 5 "$SRV_LOG")"
 	proc_alive "$SRV_PID" || fail "the server died; log: $(cat "$SRV_LOG")"
 	stop_server
 }
