@@ -93,9 +93,11 @@ int	net_set_linger0(int fd);	/* close() then sends RST */
 
 /*
  * read()/write() that survive EINTR.  net_read_some() returns what one read
- * gave (0 at EOF); net_read_full() loops until LEN bytes or EOF (returns the
- * count read, which is short only at EOF); net_write_all() loops over short
- * writes.  On a non-blocking descriptor they return -EAGAIN like read(2).
+ * gave (0 at EOF); net_read_full() loops until LEN bytes or EOF;
+ * net_write_all() loops over short writes.  The looping two return -errno
+ * only when nothing was transferred: after a partial transfer an error
+ * (or EOF) shows as a count short of LEN, so callers compare with LEN.
+ * On a non-blocking descriptor they return -EAGAIN like read(2).
  */
 ssize_t	net_read_some(int fd, void *buf, size_t len);
 ssize_t	net_read_full(int fd, void *buf, size_t len);
