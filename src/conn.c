@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -42,17 +43,57 @@ is_reset(int err)
 
 /* ---- blocking ------------------------------------------------------------ */
 
-struct bconn {
-	int	fd;
-	int	werr;		/* the reply failed: no lingering close */
+/*
+ * Output other threads queued for a connection.  One copy per recipient:
+ * a chunk is freed by the thread that wrote it, whenever that is.
+ */
+struct bchunk {
+	struct bchunk	*next;
+	size_t		 len;
+	uint8_t		 data[];
 };
+
+struct bconn {
+	int		 fd;
+	int		 werr;		/* the reply failed: no lingering close */
+	const struct srv *srv;
+	const char	*peer;
+
+	/* Broadcast services only (a registry was given). */
+	struct conn_reg	*reg;
+	int		 efd;		/* eventfd: the queue became non-empty */
+	pthread_mutex_t	 mu;		/* the queue, pending, doomed */
+	struct bchunk	*head, *tail;
+	size_t		 pending;	/* bytes queued, not yet written */
+	int		 writing;	/* a thread is writing to fd */
+	int		 doomed;	/* past --max-pending: shut down */
+};
+
+/*
+ * With a broadcast service, other clients' threads write to this socket
+ * too (bconn_queue).  Two writers must not interleave their bytes: the
+ * socket's write side belongs to whoever set WRITING under the lock, and
+ * a broadcaster that finds it taken queues its bytes instead.
+ */
+static void
+bconn_writing(struct bconn *b, int on)
+{
+	if (b->reg == NULL)
+		return;
+	pthread_mutex_lock(&b->mu);
+	b->writing = on;
+	pthread_mutex_unlock(&b->mu);
+}
 
 static int
 bconn_reply(struct svc_sink *sink, const void *buf, size_t len)
 {
 	struct bconn *b = sink->conn;
-	ssize_t n = net_write_all(b->fd, buf, len);
+	ssize_t n;
 
+	bconn_writing(b, 1);
+	n = net_write_all(b->fd, buf, len);
+	bconn_writing(b, 0);
 	if (n == (ssize_t)len)
 		return 0;
 	b->werr = n < 0 ? (int)-n : EPIPE;
@@ -93,12 +134,223 @@ bconn_linger(int fd, uint8_t *buf, size_t size)
 	}
 }
 
+/*
+ * Send BUF to B, from another client's thread, with the registry locked
+ * (so B's descriptors stay open: B leaves the registry under that lock
+ * before its thread closes them).  When nothing is queued for B and no
+ * one is writing to it, a non-blocking send() hands the bytes to the
+ * kernel at once, as a readiness loop would; what the kernel does not
+ * take is copied to B's queue, for B's own thread to write.  Only that
+ * queue counts against --max-pending (the kernel's socket buffer is not
+ * the client's fault).  Past it, B is not reading: shutting its socket
+ * down wakes its thread wherever it blocks (poll() sees EOF, a write
+ * fails with EPIPE), and it leaves the room.
+ */
+static void
+bconn_queue(struct bconn *b, const uint8_t *buf, size_t len)
+{
+	const struct srv *s = b->srv;
+	struct bchunk *c = NULL;
+	size_t pending;
+	ssize_t n;
+	int wake = 0, doom = 0;
+
+	pthread_mutex_lock(&b->mu);
+	if (b->doomed)
+		goto out;
+	if (b->head == NULL && !b->writing) {
+		n = send(b->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			goto out;	/* B's own thread will see the error */
+		if (n > 0) {
+			buf += n;
+			len -= (size_t)n;
+		}
+		if (len == 0)
+			goto out;
+	}
+	pending = b->pending;
+	if (pending + len > s->svc_cfg.max_pending ||
+	    (c = malloc(sizeof(*c) + len)) == NULL)
+		doom = b->doomed = 1;
+	else {
+		c->next = NULL;
+		c->len = len;
+		memcpy(c->data, buf, len);
+		if (b->tail)
+			b->tail->next = c;
+		else
+			b->head = c;
+		b->tail = c;
+		/* Only the first chunk needs a wake-up: the flush runs until
+		 * the queue is empty. */
+		wake = b->pending == 0;
+		b->pending += len;
+	}
+out:
+	pthread_mutex_unlock(&b->mu);
+	if (doom) {
+		srv_log(s, "%s: %zu bytes of output pending, not reading: "
+		    "disconnected", b->peer, pending);
+		(void)shutdown(b->fd, SHUT_RDWR);
+	}
+	if (wake)
+		(void)eventfd_write(b->efd, 1);
+}
+
+static int
+bconn_broadcast(struct svc_sink *sink, const void *buf, size_t len)
+{
+	struct bconn *self = sink->conn;
+	struct conn_reg *r = self->reg;
+	size_t i;
+
+	pthread_mutex_lock(&r->mu);
+	for (i = 0; i < r->n; i++)
+		if (r->slots[i].b != NULL && r->slots[i].b != self)
+			bconn_queue(r->slots[i].b, buf, len);
+	pthread_mutex_unlock(&r->mu);
+	return 0;
+}
+
+/*
+ * Write what the others queued for this client, in its own thread and
+ * with blocking writes: a client that does not read stalls only the
+ * thread that serves it.  A chunk leaves the queue (and --max-pending's
+ * count) once written, so a stalled write keeps counting against the cap.
+ */
+static int
+bconn_flush(struct bconn *b)
+{
+	struct bchunk *c;
+	ssize_t n;
+
+	for (;;) {
+		pthread_mutex_lock(&b->mu);
+		c = b->head;
+		b->writing = c != NULL;
+		pthread_mutex_unlock(&b->mu);
+		if (c == NULL)
+			return 0;
+		n = net_write_all(b->fd, c->data, c->len);
+		pthread_mutex_lock(&b->mu);
+		b->head = c->next;
+		if (b->head == NULL)
+			b->tail = NULL;
+		b->pending -= c->len;
+		b->writing = 0;
+		pthread_mutex_unlock(&b->mu);
+		if (n != (ssize_t)c->len) {
+			free(c);
+			b->werr = n < 0 ? (int)-n : EPIPE;
+			return -1;
+		}
+		free(c);
+	}
+}
+
+/* Give B a queue and put it in the slot conn_reg_add() made for its fd. */
+static int
+bconn_attach(struct bconn *b, struct conn_reg *r)
+{
+	size_t i;
+
+	b->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (b->efd < 0)
+		return -errno;
+	if (pthread_mutex_init(&b->mu, NULL) != 0) {
+		close(b->efd);
+		return -ENOMEM;
+	}
+	b->reg = r;
+	/*
+	 * Hold the write side until svc_open() has run: the others' lines
+	 * queue behind this client's welcome instead of racing ahead of it.
+	 */
+	b->writing = 1;
+	pthread_mutex_lock(&r->mu);
+	for (i = 0; i < r->n && r->slots[i].fd != b->fd; i++)
+		;
+	if (i < r->n)
+		r->slots[i].b = b;
+	pthread_mutex_unlock(&r->mu);
+	return 0;
+}
+
+static void
+bconn_detach(struct bconn *b)
+{
+	struct conn_reg *r = b->reg;
+	struct bchunk *c;
+	size_t i;
+
+	pthread_mutex_lock(&r->mu);
+	for (i = 0; i < r->n; i++)
+		if (r->slots[i].b == b)
+			r->slots[i].b = NULL;
+	pthread_mutex_unlock(&r->mu);
+	/* Nobody can reach B now. */
+	while ((c = b->head) != NULL) {
+		b->head = c->next;
+		free(c);
+	}
+	pthread_mutex_destroy(&b->mu);
+	close(b->efd);
+	b->efd = -1;
+}
+
+/*
+ * Wait until the client sent something (> 0, read into BUF) or is gone
+ * (0: EOF, error or idle; logged).  Without a registry, a blocking read.
+ * With one, poll() on the socket and on the eventfd, and write what the
+ * others queued in between.
+ */
+static ssize_t
+bconn_read(struct bconn *b, uint8_t *buf, size_t size)
+{
+	const struct srv *s = b->srv;
+	struct pollfd pfd[2] = {
+		{ .fd = b->fd, .events = POLLIN },
+		{ .fd = b->reg ? b->efd : -1, .events = POLLIN },
+	};
+	eventfd_t v;
+	ssize_t n;
+	int r;
+
+	while (b->reg != NULL) {
+		r = poll(pfd, 2, s->idle_timeout > 0 ? s->idle_timeout * 1000 : -1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r == 0) {
+			srv_debug(s, "%s idle for %d s: closing", b->peer,
+			    s->idle_timeout);
+			return 0;
+		}
+		if (r < 0)
+			return 0;
+		if (pfd[1].revents) {
+			(void)eventfd_read(b->efd, &v);
+			if (bconn_flush(b) < 0)
+				return 0;
+		}
+		if (pfd[0].revents)
+			break;
+	}
+	n = net_read_some(b->fd, buf, size);
+	if (n == -EAGAIN)
+		srv_debug(s, "%s idle for %d s: closing", b->peer,
+		    s->idle_timeout);
+	else if (n < 0 && !is_reset((int)-n))
+		srv_debug(s, "%s: read: %s", b->peer, strerror((int)-n));
+	return n < 0 ? 0 : n;
+}
+
 void
 conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
-    uint8_t *buf)
+    uint8_t *buf, struct conn_reg *reg)
 {
 	char name[NET_ADDRSTRLEN];
-	struct bconn b = { .fd = fd };
+	struct bconn b = { .fd = fd, .srv = s, .efd = -1 };
 	struct svc_sink sink = { .reply = bconn_reply, .conn = &b };
 	void *state = NULL;
 	ssize_t n;
@@ -107,36 +359,38 @@ conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 	(void)net_set_nodelay(fd);
 	if (s->idle_timeout > 0)
 		set_timeouts(fd, s->idle_timeout * 1000);
-	sink.peer = peer ? net_addr_str(peer, name, sizeof(name)) : "";
+	sink.peer = b.peer = peer ? net_addr_str(peer, name, sizeof(name)) : "";
 	if (s->svc->state_size > 0 &&
 	    (state = calloc(1, s->svc->state_size)) == NULL) {
 		srv_warn(s, "%s: out of memory: closing", sink.peer);
 		return;
 	}
+	if (reg != NULL && (s->svc->flags & SVC_NEEDS_BROADCAST)) {
+		if ((r = bconn_attach(&b, reg)) < 0) {
+			srv_warn(s, "%s: eventfd: %s: closing", sink.peer,
+			    strerror(-r));
+			free(state);
+			return;
+		}
+		sink.broadcast = bconn_broadcast;
+	}
 	srv_debug(s, "open %s", sink.peer);
 	if (svc_open(s->svc, &s->svc_cfg, state, &sink) < 0)
 		goto out;
-	for (;;) {
-		n = net_read_some(fd, buf, s->bufsize);
-		if (n == 0)
-			break;
-		if (n < 0) {
-			if (n == -EAGAIN)
-				srv_debug(s, "%s idle for %d s: closing",
-				    sink.peer, s->idle_timeout);
-			else if (!is_reset((int)-n))
-				srv_debug(s, "%s: read: %s", sink.peer,
-				    strerror((int)-n));
-			break;
-		}
+	bconn_writing(&b, 0);
+	while ((n = bconn_read(&b, buf, s->bufsize)) > 0)
 		if ((r = svc_input(s->svc, &s->svc_cfg, state, buf, (size_t)n,
 		    &sink)) < 0)
 			break;
-	}
 	if (r < 0 && b.werr == 0)
 		bconn_linger(fd, buf, s->bufsize);
+	/* Out of the room first: the goodbye goes to the others only. */
+	if (b.efd >= 0)
+		bconn_detach(&b);
 	svc_close(s->svc, &s->svc_cfg, state, &sink);
 out:
+	if (b.efd >= 0)
+		bconn_detach(&b);
 	srv_debug(s, "close %s", sink.peer);
 	free(state);
 }
@@ -243,28 +497,29 @@ conn_reg_fini(struct conn_reg *r)
 {
 	pthread_mutex_destroy(&r->mu);
 	pthread_cond_destroy(&r->cv);
-	free(r->fds);
+	free(r->slots);
 }
 
 int
 conn_reg_add(struct conn_reg *r, int fd)
 {
-	int *p, err = 0;
+	struct conn_reg_slot *p;
+	int err = 0;
 
 	pthread_mutex_lock(&r->mu);
 	if (r->closing)
 		err = -ESHUTDOWN;
 	else if (r->n == r->cap) {
-		p = realloc(r->fds, (r->cap ? r->cap * 2 : 64) * sizeof(*p));
+		p = realloc(r->slots, (r->cap ? r->cap * 2 : 64) * sizeof(*p));
 		if (p == NULL)
 			err = -ENOMEM;
 		else {
-			r->fds = p;
+			r->slots = p;
 			r->cap = r->cap ? r->cap * 2 : 64;
 		}
 	}
 	if (err == 0)
-		r->fds[r->n++] = fd;
+		r->slots[r->n++] = (struct conn_reg_slot){ .fd = fd };
 	pthread_mutex_unlock(&r->mu);
 	return err;
 }
@@ -276,8 +531,8 @@ conn_reg_del(struct conn_reg *r, int fd)
 
 	pthread_mutex_lock(&r->mu);
 	for (i = 0; i < r->n; i++)
-		if (r->fds[i] == fd) {
-			r->fds[i] = r->fds[--r->n];
+		if (r->slots[i].fd == fd) {
+			r->slots[i] = r->slots[--r->n];
 			r->dels++;
 			break;
 		}
@@ -348,7 +603,7 @@ reg_shutdown(struct conn_reg *r, int how)
 	 * leaves the set before it closes.
 	 */
 	for (i = 0; i < r->n; i++)
-		(void)shutdown(r->fds[i], how);
+		(void)shutdown(r->slots[i].fd, how);
 }
 
 void

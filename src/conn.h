@@ -29,13 +29,22 @@
 
 /* ---- blocking: one caller per connection ---------------------------------- */
 
+struct conn_reg;
+
 /*
  * Serve FD until the peer's EOF, an error, the idle timeout (-t, through
  * SO_RCVTIMEO/SO_SNDTIMEO) or a close the service asks for.  BUF is the
  * caller's read buffer of s->bufsize bytes.  The caller closes FD.
+ *
+ * REG (or NULL) is the registry FD was added to by a threaded model.  A
+ * service that broadcasts (chat) reaches the other clients through it:
+ * a line is queued to every other registered connection, under that
+ * connection's lock, and its own thread writes it.  So the thread serving
+ * a client waits in poll() for two things, its socket and an eventfd that
+ * says "output was queued for you", instead of in read() alone.
  */
 void	conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
-	    uint8_t *buf);
+	    uint8_t *buf, struct conn_reg *reg);
 
 /*
  * The start and end of a blocking model's main thread.  After srv_init():
@@ -79,11 +88,24 @@ void	conn_wake_set(int slot, int fd);	/* -1: nothing to wake */
  * shuts them down for writing too (a thread blocked writing to a client
  * that does not read gets EPIPE) and waits until every thread is out.
  * conn_reg_wait_below() blocks while N or more are registered (-m).
+ *
+ * It is also the chat room of the threaded models: conn_serve() attaches
+ * the connection's output queue to its slot, and a broadcast walks the
+ * slots under the registry's lock.  One lock for the whole room: clients
+ * that broadcast at the same moment take turns (each only long enough to
+ * queue a copy per recipient, never to write to a socket).
  */
+struct bconn;
+
+struct conn_reg_slot {
+	int		 fd;
+	struct bconn	*b;		/* attached by conn_serve(), or NULL */
+};
+
 struct conn_reg {
 	pthread_mutex_t	 mu;
 	pthread_cond_t	 cv;
-	int		*fds;
+	struct conn_reg_slot *slots;
 	size_t		 n, cap;
 	unsigned long	 dels;		/* how many have left */
 	int		 closing;	/* draining: refuse new ones */

@@ -139,7 +139,7 @@ child(const struct srv *s, int lfd, int reserve, int fd,
 	conn_wake_set(CONN_WAKE_LISTENER, -1);
 	conn_wake_set(CONN_WAKE_CONN, fd);
 	sigprocmask(SIG_SETMASK, mask, NULL);
-	conn_serve(s, fd, peer, buf);
+	conn_serve(s, fd, peer, buf, NULL);
 	close(fd);
 	_exit(SRV_EX_OK);
 }

@@ -48,7 +48,7 @@ main(int argc, char **argv)
 	srv_ready(&s);
 	while ((fd = conn_accept_wait(&s, lfd, &peer, &reserve, NULL)) >= 0) {
 		conn_wake_set(CONN_WAKE_CONN, fd);
-		conn_serve(&s, fd, &peer, buf);
+		conn_serve(&s, fd, &peer, buf, NULL);
 		conn_wake_set(CONN_WAKE_CONN, -1);
 		close(fd);
 	}

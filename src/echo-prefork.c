@@ -170,7 +170,7 @@ child(struct prefork *pf, int idx, const sigset_t *mask)
 			break;
 		pf->sh->served[idx]++;
 		conn_wake_set(CONN_WAKE_CONN, fd);
-		conn_serve(s, fd, &peer, buf);
+		conn_serve(s, fd, &peer, buf, NULL);
 		conn_wake_set(CONN_WAKE_CONN, CONN_WAKE_EXIT);
 		close(fd);
 	}

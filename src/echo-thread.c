@@ -22,7 +22,12 @@
  *   - stop: threads blocked in read() are woken by shutting their sockets
  *     down (conn_reg_drain), not by signals they never see;
  *   - a detached thread cannot be joined: the registry of descriptors
- *     being served doubles as the count of live threads to wait for.
+ *     being served doubles as the count of live threads to wait for;
+ *   - chat: a thread blocked in read() cannot also write what the other
+ *     clients say.  The registry is the room: a broadcaster sends to each
+ *     client without blocking, queues what does not fit, and wakes that
+ *     client's thread through an eventfd; so a chat thread waits in
+ *     poll() on its socket and its eventfd (conn_serve() in conn.c).
  */
 #include "config.h"
 
@@ -61,7 +66,7 @@ serve(void *arg)
 	int fd = j->fd;
 
 	if (buf != NULL)
-		conn_serve(j->srv, fd, &j->peer, buf);
+		conn_serve(j->srv, fd, &j->peer, buf, reg);
 	else
 		srv_warn(j->srv, "out of memory: connection closed");
 	free(buf);
@@ -129,6 +134,7 @@ on_option(struct srv *s, int key, const char *arg)
 static const struct srv_model model = {
 	.name = "echo-thread",
 	.summary = "Echo server: blocking IO, a thread per connection.",
+	.caps = SRV_CAP_BROADCAST,
 	.options = options,
 	.on_option = on_option,
 };

@@ -22,7 +22,10 @@
  *     with the signals blocked;
  *   - stop: queued connections are closed unserved, workers blocked in
  *     read() are woken by shutting their sockets down (conn_reg_drain),
- *     idle workers by a broadcast; then every worker is joined.
+ *     idle workers by a broadcast; then every worker is joined;
+ *   - chat: the workers' registry is the room, as in echo-thread; -w is
+ *     the size of a pool in one process (SRV_CAP_POOL), so it neither
+ *     splits the room nor asks for SO_REUSEPORT listeners.
  */
 #include "config.h"
 
@@ -102,7 +105,7 @@ worker(void *arg)
 	while (pool_pop(p, &j) == 0) {
 		/* Refused once the stop has begun: then close unserved. */
 		if (conn_reg_add(&p->reg, j.fd) == 0) {
-			conn_serve(p->srv, j.fd, &j.peer, buf);
+			conn_serve(p->srv, j.fd, &j.peer, buf, &p->reg);
 			conn_reg_del(&p->reg, j.fd);
 		}
 		close(j.fd);
@@ -253,7 +256,7 @@ on_option(struct srv *s, int key, const char *arg)
 static const struct srv_model model = {
 	.name = "echo-threadpool",
 	.summary = "Echo server: blocking IO, a fixed pool of worker threads fed by a bounded queue.",
-	.caps = SRV_CAP_WORKERS,
+	.caps = SRV_CAP_WORKERS | SRV_CAP_POOL | SRV_CAP_BROADCAST,
 	.default_workers = 16,
 	.workers_help = "worker threads in the pool (default 16)",
 	.options = options,
@@ -271,12 +274,7 @@ main(int argc, char **argv)
 	int lfd, fd = -EINTR, reserve, n, want;
 
 	srv_init(&s, &model, argc, argv, &queue);
-	/*
-	 * -w is the pool size here, not a count of processes: one listener
-	 * without SO_REUSEPORT, and log lines without a pid.
-	 */
 	want = s.workers;
-	s.workers = 1;
 	lfd = conn_blocking_listen(&s, &reserve);
 	tids = calloc((size_t)want, sizeof(*tids));
 	if (tids == NULL || pool_init(&p, &s, queue, want) < 0) {

@@ -60,6 +60,16 @@ static const struct {
 };
 #define NCOMMON	(sizeof(common_opts) / sizeof(common_opts[0]))
 
+/*
+ * -w above 1 on a model whose workers are processes or threads with
+ * listeners and clients of their own (epoll, io_uring), not a pool.
+ */
+static int
+separate_workers(const struct srv *s)
+{
+	return s->workers > 1 && !(s->model->caps & SRV_CAP_POOL);
+}
+
 static void
 print_opt(FILE *f, int shortkey, const char *name, const char *argname,
     const char *help)
@@ -329,7 +339,7 @@ srv_init(struct srv *s, const struct srv_model *m, int argc, char **argv,
 		srv_usage_error(s, "-l: not an address: '%s' (want 127.0.0.1, "
 		    "[::1], 0.0.0.0, HOST:PORT or unix:/path)", s->listen);
 	if ((s->svc->flags & SVC_NEEDS_BROADCAST) &&
-	    (!(m->caps & SRV_CAP_BROADCAST) || s->workers > 1))
+	    (!(m->caps & SRV_CAP_BROADCAST) || separate_workers(s)))
 		srv_usage_error(s, "-s %s: this model (or -w above 1) keeps "
 		    "clients in separate workers that cannot broadcast to each other",
 		    s->svc->name);
@@ -352,7 +362,7 @@ srv_listen(struct srv *s, int flags)
 			goto oserr;
 		return fd;
 	}
-	if (s->workers > 1 && s->addr.ss.ss_family != AF_UNIX) {
+	if (separate_workers(s) && s->addr.ss.ss_family != AF_UNIX) {
 		/*
 		 * SO_REUSEPORT lets any process of the same user bind the
 		 * port too: a second server started by mistake would quietly
@@ -369,7 +379,7 @@ srv_listen(struct srv *s, int flags)
 			flags |= NET_REUSEPORT;
 		}
 	}
-	if (fd >= 0 || s->workers <= 1)
+	if (fd >= 0 || !separate_workers(s))
 		fd = net_listen(&s->addr, s->backlog, flags);
 	if (fd < 0) {
 		fprintf(stderr, "%s: cannot listen on %s: %s\n", s->prog,
@@ -453,7 +463,7 @@ vlog(const struct srv *s, const char *fmt, va_list ap)
 	int n;
 
 	/* One write per line, so lines from workers do not interleave. */
-	if (s->workers > 1)
+	if (separate_workers(s))
 		n = snprintf(buf, sizeof(buf), "%s[%ld]: ", s->prog, (long)getpid());
 	else
 		n = snprintf(buf, sizeof(buf), "%s: ", s->prog);

@@ -56,6 +56,12 @@ typedef int (*srv_option_fn)(struct srv *, int key, const char *arg);
 /* Capabilities a model declares, so the shared layer can refuse cleanly. */
 #define SRV_CAP_WORKERS		0x1	/* -w means something */
 #define SRV_CAP_BROADCAST	0x2	/* can run services that broadcast */
+/*
+ * -w sizes a pool of threads inside this one process: they share one
+ * listener (no SO_REUSEPORT) and one registry of clients, so a
+ * broadcast still reaches everyone whatever -w says.
+ */
+#define SRV_CAP_POOL		0x4
 
 struct srv_model {
 	const char		*name;		/* "echo-epoll" */

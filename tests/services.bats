@@ -8,7 +8,8 @@
 # that is built (echo-bench aside), so a new model is covered the day it
 # lands.  A model serves chat when its source declares SRV_CAP_BROADCAST;
 # the others must refuse -s chat with exit 64, and so must a broadcasting
-# model run with -w 2.  By hand, from the build directory:
+# model run with -w 2, unless its workers are a pool of threads sharing
+# one room (SRV_CAP_POOL).  By hand, from the build directory:
 #	tests/run-bats $top_srcdir/tests/services.bats
 
 bats_require_minimum_version 1.5.0
@@ -100,6 +101,15 @@ chat_models() {
 		n=$((n + 1))
 	done
 	((n > 0)) || { echo "no model declares SRV_CAP_BROADCAST" >&2; return 1; }
+}
+
+# A pool model (SRV_CAP_POOL: -w threads sharing one room) serves at most
+# -w clients at a time and leaves the rest queued, unserved: the chat
+# checks, which hold 50 clients at once, give it a pool that fits them.
+chat_args() { # NAME
+	if has_cap "$1" SRV_CAP_POOL; then
+		echo "-w 64"
+	fi
 }
 
 # start_model NAME ARGS...: start_server for model NAME.
@@ -264,7 +274,7 @@ group_vmpeak_kb() { # PGID
 @test "chat: 50 clients, every line to every other client, in order" {
 	local m
 	for m in $(chat_models); do
-		start_model "$m" -s chat
+		start_model "$m" $(chat_args "$m") -s chat
 		check "$m" chat-many 50 20
 		stop_server
 	done
@@ -273,7 +283,7 @@ group_vmpeak_kb() { # PGID
 @test "chat: a client that stops reading is dropped; the others still hear" {
 	local m
 	for m in $(chat_models); do
-		start_model "$m" -s chat --max-pending 64k
+		start_model "$m" $(chat_args "$m") -s chat --max-pending 64k
 		check "$m" chat-slow
 		grep -q 'not reading: disconnected' "$SRV_LOG" ||
 		    fail "$m: no log line about the dropped client:
@@ -285,7 +295,7 @@ $(cat "$SRV_LOG")"
 @test "chat: a line over --max-line gets an error and reaches no one" {
 	local m
 	for m in $(chat_models); do
-		start_model "$m" -s chat --max-line 1000
+		start_model "$m" $(chat_args "$m") -s chat --max-line 1000
 		check "$m" chat-long 1000
 		stop_server
 	done
@@ -297,7 +307,7 @@ $(cat "$SRV_LOG")"
 		bin=$top_builddir/$(model_path "$m")
 		if ! has_cap "$m" SRV_CAP_BROADCAST; then
 			run --separate-stderr without_fd3 timeout -k 2 5 "$bin" -p 0 -s chat
-		elif has_cap "$m" SRV_CAP_WORKERS; then
+		elif has_cap "$m" SRV_CAP_WORKERS && ! has_cap "$m" SRV_CAP_POOL; then
 			run --separate-stderr without_fd3 timeout -k 2 5 "$bin" -p 0 -s chat -w 2
 		else
 			continue
