@@ -229,4 +229,10 @@ run_report() {
 	assert_output --regexp '\| 1 \| [a-z-]+ \| [0-9.]+ \|'
 	assert_output --partial "| echo-epoll |"
 	assert_output --partial "## Targets"
+	# ranking.txt: the tiers, one line each, every ranked model once.
+	run cat "$BENCH_OUT/ranking.txt"
+	assert_line --regexp '^1: [a-z]'
+	assert_line --regexp '^[0-9]+: .*\<echo-epoll\>'
+	run awk '{ for (i = 2; i <= NF; i++) if (seen[$i]++) { print "twice: " $i; bad = 1 } } END { exit bad }' "$BENCH_OUT/ranking.txt"
+	assert_success
 }
