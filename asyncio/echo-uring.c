@@ -317,6 +317,7 @@ struct conn {
 	struct useg	*qhead, *qtail;
 	struct useg	*rbuf;		/* --no-bufring: our receive buffer */
 	int64_t		 last;		/* last activity (ms), for -t and linger */
+	int64_t		 recv_ms;	/* the millisecond of its last receive */
 	TAILQ_ENTRY(conn) lru;		/* live (oldest first) or linger */
 	TAILQ_ENTRY(conn) dirty;
 	TAILQ_ENTRY(conn) bufwait;
@@ -383,6 +384,9 @@ struct worker {
 	unsigned		 gen;
 	unsigned		 solo_sends;	/* sends armed with nothing behind */
 	unsigned		 iter_recvs, recv_target;
+	unsigned		 ms_senders;	/* connections heard this ms */
+	unsigned		 senders;	/* ... in the last whole ms */
+	int64_t			 senders_ms;
 	struct ustats		 st;
 	int			 init_rc, exit_code;
 };
@@ -1048,6 +1052,10 @@ on_recv(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 		w->recv_ok_seen = 1;
 		w->st.recvs++;
 		w->iter_recvs++;
+		if (c->recv_ms != w->now) {
+			c->recv_ms = w->now;
+			w->ms_senders++;
+		}
 		touch(w, c);
 		if (!w->bufring)
 			buf = c->rbuf->data;
@@ -1699,6 +1707,11 @@ reap(struct worker *w)
 	unsigned head, n = 0, cap;
 
 	w->iter_recvs = 0;
+	if (w->now != w->senders_ms) {
+		w->senders = w->ms_senders;
+		w->ms_senders = 0;
+		w->senders_ms = w->now;
+	}
 	io_uring_for_each_cqe(&w->ring, head, cqe) {
 		on_cqe(w, cqe);
 		run_doomed(w);
@@ -1706,7 +1719,16 @@ reap(struct worker *w)
 	}
 	io_uring_cq_advance(&w->ring, n);
 	w->st.cqes += n;
-	cap = (unsigned)(w->nconns / 2);
+	/*
+	 * Never wait for more than half of the connections that are
+	 * sending: in a closed loop the last of them are stragglers, and
+	 * waiting for all of them puts us to sleep every round.  Half of
+	 * the open connections is the wrong half: 10 busy among 1,000 idle
+	 * would ask for all 10 and sleep once per 10 messages (measured:
+	 * half the throughput of echo-epoll, twice the CPU per message).
+	 * So count the connections heard from in the last millisecond.
+	 */
+	cap = w->senders / 2;
 	cap = cap < 1 ? 1 : cap > 64 ? 64 : cap;
 	w->recv_target = w->iter_recvs < 1 ? 1 :
 	    w->iter_recvs > cap ? cap : w->iter_recvs;
