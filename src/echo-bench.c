@@ -45,7 +45,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -2169,19 +2168,17 @@ pattern_init(void)
 		bench_pat[i] = bench_pat[i - BENCH_PATLEN];
 }
 
+/* CONNS sockets, plus a few descriptors per thread and for stdio. */
 static void
-raise_nofile(rlim_t want)
+raise_nofile(long long conns)
 {
-	struct rlimit rl;
+	long long want = conns + 16 + 3LL * opt.threads;
+	long long have = net_raise_nofile();
 
-	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
-		return;
-	rl.rlim_cur = rl.rlim_max;
-	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
-		fprintf(stderr, "%s: warning: %llu connections need %llu "
-		    "descriptors, RLIMIT_NOFILE is %llu\n", BENCH_PROG,
-		    (unsigned long long)want - 16, (unsigned long long)want,
-		    (unsigned long long)rl.rlim_cur);
+	if (have < want)
+		fprintf(stderr, "%s: warning: %lld connections need %lld "
+		    "descriptors, RLIMIT_NOFILE is %lld\n", BENCH_PROG,
+		    conns, want, have < 0 ? 0 : have);
 }
 
 static struct bthread *
@@ -2284,7 +2281,7 @@ main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	raise_nofile((rlim_t)opt.conns + opt.idle + 16 + 3 * opt.threads);
+	raise_nofile((long long)opt.conns + opt.idle);
 	pattern_init();
 	opt.proto->init(&bench_wire, bench_pat);
 	if (opt.server_pid) {

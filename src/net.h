@@ -92,6 +92,14 @@ int	net_set_bufsizes(int fd, int sndbuf, int rcvbuf);	/* 0 = leave */
 int	net_set_linger0(int fd);	/* close() then sends RST */
 
 /*
+ * Raise the soft RLIMIT_NOFILE to the hard limit: the soft default (1024
+ * on most systems) is kept low for select()'s sake, and a server or a
+ * load generator with thousands of sockets needs the hard one.  Returns
+ * the limit now in force, or -errno.
+ */
+long long net_raise_nofile(void);
+
+/*
  * read()/write() that survive EINTR.  net_read_some() returns what one read
  * gave (0 at EOF); net_read_full() loops until LEN bytes or EOF;
  * net_write_all() loops over short writes.  The looping two return -errno

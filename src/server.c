@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -522,11 +521,8 @@ srv_now_ms(void)
 void
 srv_raise_nofile(const struct srv *s)
 {
-	struct rlimit rl;
+	long long r = net_raise_nofile();
 
-	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
-		return;
-	rl.rlim_cur = rl.rlim_max;
-	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-		srv_debug(s, "cannot raise RLIMIT_NOFILE: %s", strerror(errno));
+	if (r < 0)
+		srv_debug(s, "cannot raise RLIMIT_NOFILE: %s", strerror((int)-r));
 }
