@@ -145,13 +145,12 @@ struct ucfg {
 	int		 defer, sqpoll, sqpoll_idle;
 	unsigned	 sq_entries, cq_entries, nbufs, max_held, copy_below;
 	int		 batch_us;
-	int		 sndbuf, rcvbuf;
 };
 
 enum {
 	OPT_NO_MULTISHOT = 3000, OPT_NO_MS_ACCEPT, OPT_NO_MS_RECV, OPT_NO_BUFRING,
 	OPT_NO_INPLACE, OPT_NO_DEFER, OPT_SQPOLL, OPT_SQPOLL_IDLE, OPT_RING,
-	OPT_CQ, OPT_BUFFERS, OPT_MAX_HELD, OPT_BATCH, OPT_SNDBUF, OPT_RCVBUF,
+	OPT_CQ, OPT_BUFFERS, OPT_MAX_HELD, OPT_BATCH,
 	OPT_COPY_BELOW,
 };
 
@@ -184,8 +183,6 @@ static const struct srv_option uring_opts[] = {
 	  "ring buffers one connection may keep queued (default buffers/16)" },
 	{ "batch-usec", 1, OPT_BATCH, "USEC",
 	  "wait up to this long for a batch of completions (default 500, 0 = off)" },
-	{ "sndbuf", 1, OPT_SNDBUF, "BYTES", "SO_SNDBUF of every connection" },
-	{ "rcvbuf", 1, OPT_RCVBUF, "BYTES", "SO_RCVBUF of every connection" },
 	{ NULL, 0, 0, NULL, NULL },
 };
 
@@ -243,14 +240,6 @@ uring_option(struct srv *s, int key, const char *arg)
 	case OPT_BATCH:
 		cfg->batch_us = (int)srv_parse_num(s, "--batch-usec", arg, 0,
 		    1000000, 0);
-		break;
-	case OPT_SNDBUF:
-		cfg->sndbuf = (int)srv_parse_num(s, "--sndbuf", arg, 1,
-		    1LL << 30, 1);
-		break;
-	case OPT_RCVBUF:
-		cfg->rcvbuf = (int)srv_parse_num(s, "--rcvbuf", arg, 1,
-		    1LL << 30, 1);
 		break;
 	default:
 		return -1;
@@ -2103,9 +2092,6 @@ main(int argc, char **argv)
 			    -w->lfd : errno));
 			rc = SRV_EX_OSERR;
 		}
-		/* Accepted sockets inherit the listener's buffer sizes. */
-		if (w->lfd >= 0 && (cfg.sndbuf || cfg.rcvbuf))
-			(void)net_set_bufsizes(w->lfd, cfg.sndbuf, cfg.rcvbuf);
 	}
 	/*
 	 * Each ring is made by the thread that uses it: a SINGLE_ISSUER

@@ -29,7 +29,7 @@ volatile sig_atomic_t srv_stop;
 /* Long-only options of the shared command line. */
 enum {
 	OPT_HELP = 1000, OPT_VERSION, OPT_HIGHWATER, OPT_MAX_FRAME, OPT_MAX_LINE,
-	OPT_MAX_PENDING,
+	OPT_MAX_PENDING, OPT_SNDBUF, OPT_RCVBUF,
 	OPT_MODEL_BASE = 2000,
 };
 
@@ -52,6 +52,8 @@ static const struct {
 	{ "max-frame",	1, OPT_MAX_FRAME, "BYTES", "rpc: largest frame accepted (default 1m)" },
 	{ "max-line",	1, OPT_MAX_LINE, "BYTES", "chat: longest line accepted (default 4k)" },
 	{ "max-pending", 1, OPT_MAX_PENDING, "BYTES", "chat: output a slow client may queue before it is dropped (default 1m)" },
+	{ "sndbuf",	1, OPT_SNDBUF, "BYTES", "SO_SNDBUF of every connection (default: the kernel's)" },
+	{ "rcvbuf",	1, OPT_RCVBUF, "BYTES", "SO_RCVBUF of every connection (default: the kernel's)" },
 	{ "quiet",	0, 'q', NULL,	"log only errors" },
 	{ "verbose",	0, 'v', NULL,	"log connections and internals" },
 	{ "help",	0, OPT_HELP, NULL, "show this help and exit" },
@@ -266,6 +268,14 @@ parse_common(struct srv *s, int c, const char *arg)
 		s->svc_cfg.max_pending = (size_t)srv_parse_num(s,
 		    "--max-pending", arg, 1, 1LL << 30, 1);
 		break;
+	case OPT_SNDBUF:
+		s->sndbuf = (int)srv_parse_num(s, "--sndbuf", arg, 1,
+		    1LL << 30, 1);
+		break;
+	case OPT_RCVBUF:
+		s->rcvbuf = (int)srv_parse_num(s, "--rcvbuf", arg, 1,
+		    1LL << 30, 1);
+		break;
 	case 'q':
 		s->verbose = -1;
 		break;
@@ -344,6 +354,24 @@ srv_init(struct srv *s, const struct srv_model *m, int argc, char **argv,
 		    s->svc->name);
 }
 
+/*
+ * --sndbuf/--rcvbuf go on the listener: accepted sockets inherit its
+ * buffer sizes (and the lock that stops the kernel from auto-tuning
+ * them), and the receive window it advertises in the SYN-ACK follows.
+ * Small buffers make every model queue output in user space early: the
+ * tests use them to make short writes and half-close races certain.
+ */
+static int
+listener_bufs(const struct srv *s, int fd)
+{
+	int r;
+
+	if (fd >= 0 && (s->sndbuf || s->rcvbuf) &&
+	    (r = net_set_bufsizes(fd, s->sndbuf, s->rcvbuf)) < 0)
+		srv_warn(s, "--sndbuf/--rcvbuf: %s", strerror(-r));
+	return fd;
+}
+
 int
 srv_listen(struct srv *s, int flags)
 {
@@ -359,7 +387,7 @@ srv_listen(struct srv *s, int flags)
 			goto oserr;
 		if (net_local_addr(fd, &s->addr) < 0)
 			goto oserr;
-		return fd;
+		return listener_bufs(s, fd);
 	}
 	if (separate_workers(s) && s->addr.ss.ss_family != AF_UNIX) {
 		/*
@@ -395,7 +423,7 @@ srv_listen(struct srv *s, int flags)
 	 * for the workers' listeners, which must bind that same port. */
 	if (s->addr.ss.ss_family != AF_UNIX && net_local_addr(fd, &s->addr) < 0)
 		goto oserr;
-	return fd;
+	return listener_bufs(s, fd);
 oserr:
 	fprintf(stderr, "%s: listening socket: %s\n", s->prog, strerror(errno));
 	exit(SRV_EX_OSERR);
@@ -410,7 +438,8 @@ srv_listen_again(struct srv *s, int first, int flags)
 		fd = fcntl(first, F_DUPFD_CLOEXEC, 0);
 		return fd < 0 ? -errno : fd;
 	}
-	return net_listen(&s->addr, s->backlog, flags | NET_REUSEPORT);
+	return listener_bufs(s,
+	    net_listen(&s->addr, s->backlog, flags | NET_REUSEPORT));
 }
 
 void

@@ -89,6 +89,7 @@ struct srv {
 	int			 idle_timeout;	/* -t seconds, 0 = never */
 	int			 verbose;	/* -1 quiet, 0 normal, 1+ verbose */
 	size_t			 highwater;	/* --highwater BYTES */
+	int			 sndbuf, rcvbuf;	/* --sndbuf, --rcvbuf; 0 = kernel's */
 	struct svc_config	 svc_cfg;	/* --max-frame, --max-line, ... */
 	int			 activated;	/* listener came from systemd */
 
