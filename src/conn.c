@@ -45,7 +45,10 @@ is_reset(int err)
 
 /*
  * Output other threads queued for a connection.  One copy per recipient:
- * a chunk is freed by the thread that wrote it, whenever that is.
+ * a chunk is freed by the thread that wrote it, whenever that is.  Unlike
+ * the readiness loops' conn_chunk, a chunk is never appended to once
+ * queued: its owner writes it outside the lock, so its bytes and length
+ * must not change under that write.
  */
 struct bchunk {
 	struct bchunk	*next;
@@ -354,7 +357,7 @@ conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 	struct svc_sink sink = { .reply = bconn_reply, .conn = &b };
 	void *state = NULL;
 	ssize_t n;
-	int r = 0;
+	int r = 0, opened;
 
 	(void)net_set_nodelay(fd);
 	if (s->idle_timeout > 0)
@@ -375,22 +378,21 @@ conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 		sink.broadcast = bconn_broadcast;
 	}
 	srv_debug(s, "open %s", sink.peer);
-	if (svc_open(s->svc, &s->svc_cfg, state, &sink) < 0)
-		goto out;
-	bconn_writing(&b, 0);
-	while ((n = bconn_read(&b, buf, s->bufsize)) > 0)
-		if ((r = svc_input(s->svc, &s->svc_cfg, state, buf, (size_t)n,
-		    &sink)) < 0)
-			break;
-	if (r < 0 && b.werr == 0)
-		bconn_linger(fd, buf, s->bufsize);
+	opened = svc_open(s->svc, &s->svc_cfg, state, &sink) == 0;
+	if (opened) {
+		bconn_writing(&b, 0);
+		while ((n = bconn_read(&b, buf, s->bufsize)) > 0)
+			if ((r = svc_input(s->svc, &s->svc_cfg, state, buf,
+			    (size_t)n, &sink)) < 0)
+				break;
+		if (r < 0 && b.werr == 0)
+			bconn_linger(fd, buf, s->bufsize);
+	}
 	/* Out of the room first: the goodbye goes to the others only. */
 	if (b.efd >= 0)
 		bconn_detach(&b);
-	svc_close(s->svc, &s->svc_cfg, state, &sink);
-out:
-	if (b.efd >= 0)
-		bconn_detach(&b);
+	if (opened)
+		svc_close(s->svc, &s->svc_cfg, state, &sink);
 	srv_debug(s, "close %s", sink.peer);
 	free(state);
 }
