@@ -53,14 +53,19 @@ pages() {
 	assert_line --partial "/iomodels.7"
 }
 
-@test "man: every page is lint-clean (mandoc -T lint -W warning)" {
+@test "man: every page is lint-clean (mandoc -T lint -W style)" {
 	command -v mandoc >/dev/null ||
 	    skip "mandoc is not installed (Debian: apt-get install mandoc)"
 	local f out bad=0
 	for f in $(pages); do
-		# mandoc prints nothing for a clean page; -W warning leaves out
-		# the STYLE level (e.g. cross references to pages not installed).
-		out=$(mandoc -T lint -W warning "$f" 2>&1) || true
+		# -W style catches what renders wrong but is legal mdoc, e.g. a
+		# trailing comma glued to a word after .Fl ("-default -0,").
+		# Left out: cross references to pages this machine has not
+		# installed (or not indexed in mandoc.db): they depend on the
+		# machine, not on the page.
+		out=$(mandoc -T lint -W style "$f" 2>&1 |
+		    grep -v -e 'STYLE: referenced manual not found' \
+			-e 'mandoc\.db lacks .* entry') || true
 		if [[ -n $out ]]; then
 			echo "$out"
 			bad=$((bad + 1))
