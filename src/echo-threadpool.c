@@ -271,7 +271,7 @@ main(int argc, char **argv)
 	struct pool p;
 	struct srv s;
 	pthread_t *tids;
-	int lfd, fd = -EINTR, reserve, n, want;
+	int lfd, fd, reserve, n, want;
 
 	srv_init(&s, &model, argc, argv, &queue);
 	want = s.workers;
@@ -286,7 +286,12 @@ main(int argc, char **argv)
 		srv_stop = 1;
 	} else
 		srv_ready(&s);
-	while (!srv_stop) {
+	/*
+	 * Leave only through conn_accept_wait(): it says -EINTR once a stop
+	 * came, while a loop on srv_stop would also end with the descriptor
+	 * of the last connection accepted, and take the stop for a failure.
+	 */
+	for (;;) {
 		if (s.max_conns)
 			pool_wait_room(&p, s.max_conns);
 		fd = conn_accept_wait(&s, lfd, &peer, &reserve, &p.reg);

@@ -160,6 +160,22 @@ cpu_ticks_1s() { # PGID
 	stop_server
 }
 
+@test "threadpool: SIGTERM under connect/close churn exits 0, ten times out of ten" {
+	# The stop may land just after accept() returned a connection: the
+	# loop must still see it as a stop, not as a failed accept (exit 71).
+	use echo-threadpool -v
+	local i out=$BATS_TEST_TMPDIR/churn pid
+	for ((i = 1; i <= 10; i++)); do
+		start_server
+		bg_iotest "$out" churn -n 1000000 -s 1 -T 30 "$SRV_ADDR"
+		pid=$BG_PID
+		wait_line "$SRV_LOG" ': open ' 30 "$pid" >/dev/null
+		stop_server || fail "try $i of 10"
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+}
+
 # ---- echo-prefork ------------------------------------------------------------------
 
 # The -v report at exit: "child N: K connections" per child, and the total.
