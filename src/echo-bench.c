@@ -1495,6 +1495,28 @@ proc_ntasks(pid_t pid)
 	return n;
 }
 
+/*
+ * Whether NAME is an executable in $PATH.  Debian's README install has no
+ * linux-perf: without this, the failed exec would only show as perf never
+ * answering, and the reader would not learn that it simply is not there.
+ */
+static int
+in_path(const char *name)
+{
+	const char *path = getenv("PATH"), *p, *end;
+	char file[PATH_MAX];
+
+	for (p = path ? path : ""; *p; p = *end ? end + 1 : end) {
+		end = strchrnul(p, ':');
+		if (end == p)
+			continue;
+		if (snprintf(file, sizeof(file), "%.*s/%s", (int)(end - p), p,
+		    name) < (int)sizeof(file) && access(file, X_OK) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 static int
 perf_start(struct perf *p, pid_t root)
 {
@@ -1505,6 +1527,10 @@ perf_start(struct perf *p, pid_t root)
 
 	memset(p, 0, sizeof(*p));
 	p->pid = -1;
+	if (!in_path("perf")) {
+		snprintf(p->why, sizeof(p->why), "perf not installed");
+		return -1;
+	}
 	if ((nt = tree_pids(root, &tree)) < 0) {
 		snprintf(p->why, sizeof(p->why), "no server process tree");
 		return -1;

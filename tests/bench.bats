@@ -209,16 +209,78 @@ run_report() {
 	((output >= 3)) || fail "echo-epoll has $output points in summary.csv"
 }
 
+# check_plot DIR NAME: NAME.png is a PNG with something drawn, NAME.svg an SVG.
+check_plot() {
+	[[ $(head -c 8 "$1/$2.png" | od -An -tx1 | tr -d ' \n') == 89504e470d0a1a0a ]] ||
+	    fail "$2.png is not a PNG"
+	(($(stat -c %s "$1/$2.png") > 2000)) || fail "$2.png is nearly empty"
+	grep -q '<svg' "$1/$2.svg" || fail "$2.svg is not an SVG"
+}
+
+# check_plots DIR: every plot of the report; the system calls, which need
+# perf, are either plotted or a plot that says why they were not measured
+# (and then the summary says so too).
+check_plots() {
+	local p
+	for p in throughput cpu-conns cpu-idle latency syscalls memory; do
+		check_plot "$1" "$p"
+	done
+	if grep -q '^System calls per message: not measured: ' "$1/summary.md"; then
+		grep -q 'not measured: ' "$1/syscalls.svg" || fail "syscalls.svg does not say why it is empty"
+	else
+		grep -q 'not measured' "$1/syscalls.svg" && fail "syscalls.svg says not measured, summary.md does not"
+		awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "server_syscalls_per_msg") c = i; next }
+		    $c > 0 { ok = 1 } END { exit !ok }' "$1/summary.csv" ||
+		    fail "summary.md does not say the system calls were not measured, summary.csv has none"
+	fi
+}
+
 @test "report: the plots are real PNG and SVG files" {
 	run_report || skip "the report did not run"
 	command -v gnuplot >/dev/null || skip "gnuplot is not installed"
-	local p
-	for p in throughput cpu-conns cpu-idle latency syscalls memory; do
-		[[ $(head -c 8 "$BENCH_OUT/$p.png" | od -An -tx1 | tr -d ' \n') == 89504e470d0a1a0a ]] ||
-		    fail "$p.png is not a PNG"
-		(($(stat -c %s "$BENCH_OUT/$p.png") > 2000)) || fail "$p.png is nearly empty"
-		grep -q '<svg' "$BENCH_OUT/$p.svg" || fail "$p.svg is not an SVG"
+	check_plots "$BENCH_OUT"
+}
+
+# A directory of links to every command in $PATH but NAME: a machine
+# without it, as the README's install leaves one without linux-perf.
+path_without() { # NAME DIR
+	local d f IFS=:
+	mkdir -p "$2"
+	for d in $PATH; do
+		[[ -d $d ]] || continue
+		for f in "$d"/*; do
+			[[ ${f##*/} == "$1" || -e $2/${f##*/} || ! -x $f ]] && continue
+			ln -s "$f" "$2/${f##*/}"
+		done
 	done
+}
+
+@test "report without perf (hidden from PATH): everything else measured, and it says why not" {
+	command -v gnuplot >/dev/null || skip "gnuplot is not installed"
+	local shadow=$BATS_TEST_TMPDIR/bin out=$BATS_TEST_TMPDIR/noperf
+	path_without perf "$shadow"
+	PATH=$shadow command -v perf && fail "perf still found"
+	# echo-bench itself says so, promptly.
+	start_server
+	run without_fd3 env PATH="$shadow" "$BENCH" -q -c 2 -D 0.2 -W 0.1 --server-pid "$SRV_PID" \
+	    --syscalls "$SRV_ADDR"
+	assert_success
+	assert_output --partial "syscalls/msg not counted: perf not installed"
+	stop_server
+	run without_fd3 env PATH="$shadow" timeout 600 bash "$top_srcdir/tests/bench/run" --quick \
+	    --servers "echo-epoll echo-poll" --points "c1 c10 i100" --out "$out"
+	assert_success
+	run cat "$out/summary.md"
+	assert_line "System calls per message: not measured: perf not installed."
+	assert_output --partial "| echo-epoll |"
+	check_plots "$out"
+	# Every run measured the rest: throughput and server CPU, no mismatch.
+	run awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+	    $c["server_syscalls_per_msg"] != "" { print "line " NR ": syscalls counted"; bad = 1 }
+	    !($c["server_cpu_us_per_msg"] > 0) { print "line " NR ": no server CPU"; bad = 1 }
+	    !($c["msgs_per_s"] > 0) || $c["mismatches"] != 0 { print "line " NR ": bad run"; bad = 1 }
+	    END { exit bad || NR < 4 }' "$out/raw.csv"
+	assert_success
 }
 
 @test "report: summary.md ranks the models and describes the machine" {
