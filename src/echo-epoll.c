@@ -231,12 +231,13 @@ run_loop(struct srv *s, int lfd, int sfd)
  * -w N: the parent makes every listener before forking (so a bad address
  * fails before the readiness line), keeps them open so a worker that dies
  * can be replaced without losing its accept queue, forwards SIGINT/SIGTERM
- * and reaps every worker.
+ * and reaps every worker.  Killed outright, it forwards nothing: srv_fork()
+ * has the kernel send the workers SIGTERM then (PR_SET_PDEATHSIG).
  */
 static pid_t
 spawn(struct srv *s, int *lfds, int idx)
 {
-	pid_t pid = fork();
+	pid_t pid = srv_fork();
 	int i, sfd;
 
 	if (pid != 0)

@@ -24,7 +24,9 @@
  *     SIGCHLD and the stop signals are blocked across fork();
  *   - stop: the parent shuts the listener, forwards SIGTERM to every
  *     child (each finishes the message in hand and closes), waits a grace
- *     period, SIGKILLs the rest, and reaps them all.
+ *     period, SIGKILLs the rest, and reaps them all; a parent killed
+ *     outright forwards nothing, so srv_fork() has the kernel send each
+ *     child SIGTERM when its parent dies (PR_SET_PDEATHSIG).
  *
  * Global state: the table of live children, shared with the SIGCHLD
  * handler (changed by the main program only with SIGCHLD blocked).
@@ -169,7 +171,7 @@ spawn(const struct srv *s, int lfd, int reserve, int fd,
 
 	sigset_stop_child(&block);
 	sigprocmask(SIG_BLOCK, &block, &old);
-	pid = fork();
+	pid = srv_fork();
 	if (pid == 0)
 		child(s, lfd, reserve, fd, peer, buf, &old);
 	if (pid < 0)

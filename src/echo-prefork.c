@@ -34,7 +34,10 @@
  *     hand; the parent SIGKILLs what is left after a grace period and
  *     reaps every child;
  *   - the parent blocks its signals and takes them with sigtimedwait():
- *     no handler, no EINTR, no lost SIGCHLD.
+ *     no handler, no EINTR, no lost SIGCHLD;
+ *   - a parent killed outright cannot forward anything: the children
+ *     are forked by srv_fork(), which asks the kernel for a SIGTERM when
+ *     their parent dies (PR_SET_PDEATHSIG).
  */
 #include "config.h"
 
@@ -182,7 +185,7 @@ child(struct prefork *pf, int idx, const sigset_t *mask)
 static int
 spawn(struct prefork *pf, int idx, const sigset_t *mask)
 {
-	pid_t pid = fork();
+	pid_t pid = srv_fork();
 
 	if (pid == 0)
 		child(pf, idx, mask);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -482,6 +483,25 @@ srv_signals_block(void)
 		return -EINVAL;
 	fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	return fd < 0 ? -errno : fd;
+}
+
+pid_t
+srv_fork(void)
+{
+	pid_t parent = getpid(), pid;
+
+	pid = fork();
+	if (pid != 0)
+		return pid;
+	/*
+	 * The death signal follows the parent *thread* that forked: the
+	 * supervisors fork from their one thread.  A parent that died
+	 * before the prctl() sends nothing: the child has been reparented
+	 * by then, so getppid() tells, and the child stops as if signalled.
+	 */
+	if (prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && getppid() != parent)
+		(void)kill(getpid(), SIGTERM);
+	return 0;
 }
 
 static void

@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "net.h"
 #include "service.h"
@@ -144,6 +145,14 @@ void	srv_ready(const struct srv *s);
 extern volatile sig_atomic_t srv_stop;
 int	srv_signals_block(void);
 void	srv_signals_ignore_pipe(void);
+
+/*
+ * fork() for a supervisor's worker or child: the child is tied to this
+ * parent by PR_SET_PDEATHSIG, so that a parent killed outright (SIGKILL,
+ * the OOM killer) does not leave workers behind, orphaned, still holding
+ * the port.  The child gets SIGTERM, its ordinary graceful stop.
+ */
+pid_t	srv_fork(void);
 
 /* Logging to stderr, prefixed with the program name (and pid for -w > 1). */
 void	srv_log(const struct srv *s, const char *fmt, ...)

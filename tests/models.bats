@@ -42,6 +42,43 @@ cpu_ticks_1s() { # PGID
 	echo $((t1 - t0))
 }
 
+# ---- processes die with their parent ---------------------------------------------
+
+# The children of PID.
+children_of() { # PID
+	pgrep -P "$1" 2>/dev/null || true
+}
+
+all_dead() { # PID...
+	local p
+	for p in "$@"; do
+		proc_dead "$p" || return 1
+	done
+}
+
+@test "a SIGKILLed parent leaves no worker or child behind (epoll -w 2, prefork, fork)" {
+	local cfg kids out=$BATS_TEST_TMPDIR/held pid
+	for cfg in "echo-epoll -w 2" "echo-prefork -w 2" "echo-fork"; do
+		# shellcheck disable=SC2086
+		use $cfg
+		start_server
+		# Children that serve a client, too: echo-fork has no others.
+		bg_iotest "$out" idle -n 2 "$SRV_ADDR"
+		pid=$BG_PID
+		wait_line "$out" '^ready' 30 "$pid" >/dev/null
+		kids=$(children_of "$SRV_PID")
+		[[ -n $kids ]] || fail "$cfg: no child processes"
+		kill -KILL "$SRV_PID"
+		wait "$SRV_PID" 2>/dev/null || true
+		# shellcheck disable=SC2086
+		wait_until 5 all_dead $kids ||
+			fail "$cfg: children of the killed parent still running:
+$(ps -o pid,ppid,stat,args -p "$(echo $kids | tr ' ' ,)")"
+		release_bg "$pid"
+		cleanup_processes
+	done
+}
+
 # ---- echo-fork ------------------------------------------------------------------
 
 @test "fork: 500 connections, then zero zombies and no child left" {
