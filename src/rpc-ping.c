@@ -4,7 +4,9 @@
  *
  * One connection and one request in flight, as in the documents' client:
  * write a frame (a 4-byte big-endian length, then {"in":METHOD,
- * "params":P}), read the answer's length and body, check the answer.  The
+ * "params":P}), read the answer's length and body, check the answer.
+ * --le sends the length little-endian, as the documents' client does
+ * (struct.pack("I") on x86-64), and reads the answers' lengths so.  The
  * round trip is timed from just before the request's write to the end of
  * the answer's read, on the monotonic clock.
  *
@@ -49,6 +51,7 @@ struct opts {
 	const char	*method;
 	json_t		*params;	/* -P, or NULL: "ping N" */
 	int		 quiet;
+	int		 le;		/* --le: lengths little-endian */
 	int		 port;
 	const char	*addr;
 };
@@ -61,7 +64,7 @@ struct stats {
 static void
 usage(FILE *f)
 {
-	fprintf(f, "usage: %s [-q] [-c count] [-i seconds] [-t seconds] "
+	fprintf(f, "usage: %s [-q] [--le] [-c count] [-i seconds] [-t seconds] "
 	    "[-M method] [-P json] [-p port] [addr]\n", PROG);
 	if (f != stdout)
 		return;
@@ -75,6 +78,8 @@ usage(FILE *f)
 	    "string \"ping N\")\n"
 	    "  -p, --port PORT      port, when addr has none (default 7007)\n"
 	    "  -q, --quiet          print only the summary\n"
+	    "      --le             lengths little-endian (the documents' "
+	    "struct.pack(\"I\"))\n"
 	    "  -h, --help           show this help and exit\n"
 	    "      --version        show the version and exit\n"
 	    "addr: 127.0.0.1 (default), [::1], HOST:PORT or unix:/path.\n"
@@ -133,7 +138,8 @@ parse_args(int argc, char **argv, struct opts *o)
 		{ "timeout", 1, NULL, 't' }, { "method", 1, NULL, 'M' },
 		{ "params", 1, NULL, 'P' }, { "port", 1, NULL, 'p' },
 		{ "quiet", 0, NULL, 'q' }, { "help", 0, NULL, 'h' },
-		{ "version", 0, NULL, 'V' }, { NULL, 0, NULL, 0 },
+		{ "version", 0, NULL, 'V' }, { "le", 0, NULL, 'E' },
+		{ NULL, 0, NULL, 0 },
 	};
 	json_error_t e;
 	int c;
@@ -167,6 +173,9 @@ parse_args(int argc, char **argv, struct opts *o)
 			break;
 		case 'q':
 			o->quiet = 1;
+			break;
+		case 'E':
+			o->le = 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -207,16 +216,25 @@ pause_secs(double s)
 		;
 }
 
+static void
+put_len(unsigned char *p, uint32_t v, int le)
+{
+	int i;
+
+	for (i = 0; i < 4; i++)
+		p[le ? i : 3 - i] = (unsigned char)(v >> (8 * i));
+}
+
 /* A frame of its own: the 4-byte length, then the JSON. */
 static int
-send_request(int fd, const char *method, const json_t *params, size_t *size)
+send_request(int fd, const struct opts *o, const json_t *params, size_t *size)
 {
 	json_t *req;
 	size_t n;
 	char *buf;
 	ssize_t w;
 
-	req = json_pack("{s:s,s:O}", "in", method, "params", params);
+	req = json_pack("{s:s,s:O}", "in", o->method, "params", params);
 	if (req == NULL)
 		return -ENOMEM;
 	n = json_dumpb(req, NULL, 0, JSON_COMPACT);
@@ -226,10 +244,7 @@ send_request(int fd, const char *method, const json_t *params, size_t *size)
 	}
 	json_dumpb(req, buf + 4, n, JSON_COMPACT);
 	json_decref(req);
-	buf[0] = (char)(n >> 24);
-	buf[1] = (char)(n >> 16);
-	buf[2] = (char)(n >> 8);
-	buf[3] = (char)n;
+	put_len((unsigned char *)buf, (uint32_t)n, o->le);
 	w = net_write_all(fd, buf, 4 + n);
 	free(buf);
 	*size = n;
@@ -253,7 +268,7 @@ read_error(ssize_t r, int mid, double timeout)
 
 /* An answer's body, or NULL with *WHY set. */
 static char *
-read_answer(int fd, size_t limit, double timeout, size_t *len,
+read_answer(int fd, int le, size_t limit, double timeout, size_t *len,
     const char **why)
 {
 	unsigned char hdr[4];
@@ -265,8 +280,12 @@ read_answer(int fd, size_t limit, double timeout, size_t *len,
 		*why = read_error(r, r > 0, timeout);
 		return NULL;
 	}
-	n = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 |
-	    (size_t)hdr[2] << 8 | hdr[3];
+	if (le)
+		n = (size_t)hdr[3] << 24 | (size_t)hdr[2] << 16 |
+		    (size_t)hdr[1] << 8 | hdr[0];
+	else
+		n = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 |
+		    (size_t)hdr[2] << 8 | hdr[3];
 	if (n > limit) {
 		static char msg[96];
 
@@ -330,14 +349,14 @@ ping_once(int fd, const struct opts *o, long seq, struct stats *st)
 		params = json_string(text);
 	}
 	t0 = now_ms();
-	if ((r = send_request(fd, o->method, params, &n)) < 0) {
+	if ((r = send_request(fd, o, params, &n)) < 0) {
 		fprintf(stderr, "%s: seq=%ld: sending: %s\n", PROG, seq,
 		    r == -EPIPE || r == -ECONNRESET ?
 		    "the server closed the connection" : strerror(-r));
 		goto out;
 	}
 	st->sent++;
-	body = read_answer(fd, n * 2 + 1024 > MAX_ANSWER ? n * 2 + 1024 :
+	body = read_answer(fd, o->le, n * 2 + 1024 > MAX_ANSWER ? n * 2 + 1024 :
 	    MAX_ANSWER, o->timeout, &len, &why);
 	ms = now_ms() - t0;
 	if (body == NULL) {

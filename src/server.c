@@ -30,7 +30,7 @@ volatile sig_atomic_t srv_stop;
 /* Long-only options of the shared command line. */
 enum {
 	OPT_HELP = 1000, OPT_VERSION, OPT_HIGHWATER, OPT_MAX_FRAME, OPT_MAX_LINE,
-	OPT_MAX_PENDING, OPT_SNDBUF, OPT_RCVBUF,
+	OPT_MAX_PENDING, OPT_SNDBUF, OPT_RCVBUF, OPT_RPC_ORDER,
 	OPT_MODEL_BASE = 2000,
 };
 
@@ -51,6 +51,7 @@ static const struct {
 	{ "idle-timeout", 1, 't', "SECONDS", "close connections idle this long, 0 = never (default 0)" },
 	{ "highwater",	1, OPT_HIGHWATER, "BYTES", "stop reading a connection with this much output pending (default 256k)" },
 	{ "max-frame",	1, OPT_MAX_FRAME, "BYTES", "rpc: largest frame accepted (default 1m)" },
+	{ "rpc-order",	1, OPT_RPC_ORDER, "ORDER", "rpc: length byte order, auto (per connection, default), be or le" },
 	{ "max-line",	1, OPT_MAX_LINE, "BYTES", "chat: longest line accepted (default 4k)" },
 	{ "max-pending", 1, OPT_MAX_PENDING, "BYTES", "chat: output a slow client may queue before it is dropped (default 1m)" },
 	{ "sndbuf",	1, OPT_SNDBUF, "BYTES", "SO_SNDBUF of every connection (default: the kernel's)" },
@@ -260,6 +261,17 @@ parse_common(struct srv *s, int c, const char *arg)
 	case OPT_MAX_FRAME:
 		s->svc_cfg.max_frame = (size_t)srv_parse_num(s, "--max-frame",
 		    arg, 1, 1LL << 30, 1);
+		break;
+	case OPT_RPC_ORDER:
+		if (strcmp(arg, "auto") == 0)
+			s->svc_cfg.rpc_order = SVC_ORDER_AUTO;
+		else if (strcmp(arg, "be") == 0)
+			s->svc_cfg.rpc_order = SVC_ORDER_BE;
+		else if (strcmp(arg, "le") == 0)
+			s->svc_cfg.rpc_order = SVC_ORDER_LE;
+		else
+			srv_usage_error(s, "--rpc-order: '%s' is not auto, be "
+			    "or le", arg);
 		break;
 	case OPT_MAX_LINE:
 		s->svc_cfg.max_line = (size_t)srv_parse_num(s, "--max-line",

@@ -118,6 +118,7 @@ svc_config_default(struct svc_config *c)
 	c->max_frame = SVC_DEFAULT_MAX_FRAME;
 	c->max_line = SVC_DEFAULT_MAX_LINE;
 	c->max_pending = SVC_DEFAULT_MAX_PENDING;
+	c->rpc_order = SVC_ORDER_AUTO;
 }
 
 int

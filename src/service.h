@@ -10,8 +10,8 @@
  *	echo	bytes back unchanged
  *	upper	bytes back, ASCII letters upper-cased
  *	chat	line based broadcast room (needs SRV_CAP_BROADCAST)
- *	rpc	4-byte big-endian length + JSON {"in":"ping","params":P}
- *		-> {"out":"pong","result":P}
+ *	rpc	4-byte length (either byte order, per connection) + JSON
+ *		{"in":"ping","params":P} -> {"out":"pong","result":P}
  */
 #ifndef IOMODELS_SERVICE_H
 #define IOMODELS_SERVICE_H
@@ -24,7 +24,13 @@ struct svc_config {
 	size_t	max_frame;	/* rpc: largest frame body accepted */
 	size_t	max_line;	/* chat: longest line accepted */
 	size_t	max_pending;	/* chat: output a slow client may queue */
+	int	rpc_order;	/* rpc: SVC_ORDER_*, --rpc-order */
 };
+
+/* The byte order of rpc's length fields (svc-rpc.c says how auto decides). */
+#define SVC_ORDER_AUTO	0	/* per connection, from its first frame */
+#define SVC_ORDER_BE	1	/* network order only */
+#define SVC_ORDER_LE	2	/* little-endian only (struct.pack("<I")) */
 
 #define SVC_DEFAULT_MAX_FRAME	(1024 * 1024)
 #define SVC_DEFAULT_MAX_LINE	4096

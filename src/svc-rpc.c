@@ -1,17 +1,27 @@
 /*
  * rpc — the documents' ping RPC (-s rpc).
  *
- * A frame is a 4-byte length in network byte order and that many bytes of
- * JSON.  {"in":"ping","params":P} is answered {"out":"pong","result":P};
+ * A frame is a 4-byte length and that many bytes of JSON.  {"in":"ping","params":P} is answered {"out":"pong","result":P};
  * any other method with {"out":"error","result":"unknown method: NAME"}, a
  * request that is not JSON (or not a request) with an error whose result
  * says why, and the connection goes on.  A length above --max-frame is
  * answered with an error and the connection is closed: the rest of the
  * stream can no longer be trusted to be framed.
  *
- * (The documents pack the length with struct.pack("I"), the machine's own
- * byte order: a little-endian client and a big-endian server would read
- * each other's lengths byte-swapped.  Network order fixes that.)
+ * Byte order.  Our clients send the length in network order (big-endian);
+ * the documents' client packs it with struct.pack("I"), the machine's own
+ * order: little-endian on x86-64 and aarch64.  So each connection's order
+ * is decided by its first frame and kept for the rest of it, answers
+ * included (--rpc-order auto, the default): the length is big-endian,
+ * unless its big-endian reading exceeds --max-frame while its
+ * little-endian reading fits, and then it is little-endian.  A real length
+ * is small, so its high bytes are zero: read the wrong way round, it
+ * becomes huge.  The one ambiguity: a length that fits both ways is taken
+ * as big-endian, so a little-endian client whose first frame's length is
+ * a multiple of 256 (0 included) whose byte-swapped value also fits (256
+ * reads as 65,536) is misread; it gets no answer to that frame, or an
+ * error and a close.  --rpc-order be or le fixes the order instead.  A
+ * first length too large both ways is answered in big-endian.
  *
  * JSON is parsed and printed by jansson.  P comes back as the same JSON
  * value: strings (with \u0000 and any Unicode), integers that fit in 64
@@ -61,6 +71,7 @@ struct rpc {
 	uint8_t	 hdr[4];
 	uint8_t	 nhdr;		/* header bytes received */
 	uint8_t	 failed;	/* answered a fatal error: ignore the rest */
+	uint8_t	 order;		/* SVC_ORDER_BE or _LE once decided */
 	uint32_t need;		/* body length, once nhdr == 4 */
 	uint8_t	*body;		/* a frame cut by TCP, or NULL */
 	size_t	 got, cap;
@@ -72,15 +83,16 @@ struct rpc_out {
 	uint8_t		*buf;
 	size_t		 len, cap;
 	int		 err;
+	int		 le;		/* lengths in little-endian */
 };
 
 static void
-put_be32(uint8_t *p, uint32_t v)
+put_len(uint8_t *p, uint32_t v, int le)
 {
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
+	int i;
+
+	for (i = 0; i < 4; i++)
+		p[le ? i : 3 - i] = (uint8_t)(v >> (8 * i));
 }
 
 static void
@@ -100,7 +112,8 @@ out_flush(struct rpc_out *o)
  * was written and that much room is needed; 0, jansson failed.
  */
 static size_t
-frame_at(uint8_t *p, size_t room, const char *head, const json_t *result)
+frame_at(uint8_t *p, size_t room, const char *head, const json_t *result,
+    int le)
 {
 	size_t hlen = strlen(head), n, body;
 
@@ -117,7 +130,7 @@ frame_at(uint8_t *p, size_t room, const char *head, const json_t *result)
 		return 4 + body;
 	memcpy(p + 4, head, hlen);
 	p[4 + body - 1] = '}';
-	put_be32(p, (uint32_t)body);
+	put_len(p, (uint32_t)body, le);
 	return 4 + body;
 }
 
@@ -138,7 +151,7 @@ out_answer(struct rpc_out *o, const char *out, const json_t *result)
 	if (o->err)
 		return;
 	snprintf(head, sizeof(head), "{\"out\":\"%s\",\"result\":", out);
-	n = frame_at(o->buf + o->len, o->cap - o->len, head, result);
+	n = frame_at(o->buf + o->len, o->cap - o->len, head, result, o->le);
 	if (n > 0 && n <= o->cap - o->len) {
 		o->len += n;
 		return;
@@ -153,14 +166,14 @@ out_answer(struct rpc_out *o, const char *out, const json_t *result)
 	}
 	out_flush(o);
 	if (n <= o->cap) {
-		o->len = frame_at(o->buf, o->cap, head, result);
+		o->len = frame_at(o->buf, o->cap, head, result, o->le);
 		return;
 	}
 	if ((big = malloc(n)) == NULL) {
 		o->err = -ENOMEM;
 		return;
 	}
-	if (frame_at(big, n, head, result) == n && o->err == 0)
+	if (frame_at(big, n, head, result, o->le) == n && o->err == 0)
 		o->err = o->sink->reply(o->sink, big, n);
 	free(big);
 }
@@ -316,10 +329,24 @@ body_free(struct rpc *st)
 static int
 header_done(const struct svc_config *cfg, struct rpc *st, struct rpc_out *o)
 {
+	const uint8_t *h = st->hdr;
+	uint32_t be = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 |
+	    (uint32_t)h[2] << 8 | h[3];
+	uint32_t le = (uint32_t)h[3] << 24 | (uint32_t)h[2] << 16 |
+	    (uint32_t)h[1] << 8 | h[0];
 	char msg[96];
 
-	st->need = (uint32_t)st->hdr[0] << 24 | (uint32_t)st->hdr[1] << 16 |
-	    (uint32_t)st->hdr[2] << 8 | st->hdr[3];
+	if (st->order == 0) {
+		/* The first frame decides (see the top of the file). */
+		if (cfg->rpc_order != SVC_ORDER_AUTO)
+			st->order = (uint8_t)cfg->rpc_order;
+		else if (be > cfg->max_frame && le <= cfg->max_frame)
+			st->order = SVC_ORDER_LE;
+		else
+			st->order = SVC_ORDER_BE;
+	}
+	o->le = st->order == SVC_ORDER_LE;
+	st->need = o->le ? le : be;
 	st->got = 0;
 	if (st->need <= cfg->max_frame)
 		return 0;
@@ -336,7 +363,8 @@ rpc_input(const struct svc_config *cfg, void *state, const uint8_t *buf,
 {
 	struct rpc *st = state;
 	uint8_t stack[RPC_OUT_STACK];
-	struct rpc_out o = { .sink = sink, .buf = stack, .cap = sizeof(stack) };
+	struct rpc_out o = { .sink = sink, .buf = stack, .cap = sizeof(stack),
+	    .le = st->order == SVC_ORDER_LE };
 	size_t n;
 	int r = 0;
 

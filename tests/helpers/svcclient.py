@@ -10,11 +10,15 @@ between the two pieces of a cut frame only makes it likely that the server
 reads them apart, and the check holds either way.
 
 rpc checks:   rpc-split, rpc-pipeline N, rpc-values, rpc-malformed,
-              rpc-unknown, rpc-oversize MAX_FRAME, rpc-huge, rpc-deep
+              rpc-unknown, rpc-oversize MAX_FRAME, rpc-huge, rpc-deep,
+              rpc-order (both byte orders, --rpc-order auto),
+              rpc-forced le|be (a server run with --rpc-order le|be)
 chat checks:  chat-many N M, chat-slow, chat-long MAX_LINE
 """
 
+import contextlib
 import errno
+import io
 import json
 import selectors
 import socket
@@ -23,6 +27,8 @@ import sys
 import time
 
 TIMEOUT = 20.0
+# The length prefix: network order, unless a check says little-endian.
+ORDER = ">I"
 
 
 class Fail(Exception):
@@ -48,7 +54,7 @@ def connect(addr, rcvbuf=0):
 def frame(body):
     if isinstance(body, str):
         body = body.encode()
-    return struct.pack(">I", len(body)) + body
+    return struct.pack(ORDER, len(body)) + body
 
 
 def request(params, method="ping"):
@@ -72,7 +78,7 @@ def recv_exact(s, n):
 
 
 def answer(s):
-    (n,) = struct.unpack(">I", recv_exact(s, 4))
+    (n,) = struct.unpack(ORDER, recv_exact(s, 4))
     if n > 64 << 20:
         raise Fail("an answer of %d bytes announced" % n)
     body = recv_exact(s, n)
@@ -173,7 +179,7 @@ def rpc_values(addr):
         expect_pong(s, v, "params %s" % short(v))
     # The order of keys is kept (jansson keeps insertion order).
     s.sendall(request({"z": 1, "a": 2}))
-    (n,) = struct.unpack(">I", recv_exact(s, 4))
+    (n,) = struct.unpack(ORDER, recv_exact(s, 4))
     body = recv_exact(s, n)
     if body != b'{"out":"pong","result":{"z":1,"a":2}}':
         raise Fail("key order or format: %r" % body)
@@ -252,6 +258,55 @@ def rpc_deep(addr):
     expect_pong(s, v, "63 levels")
     s.close()
     print("rpc-deep: 65, 2000 and 100000 levels refused; 63 served")
+
+
+def rpc_order(addr):
+    """Each connection is answered in the byte order of its first frame."""
+    global ORDER
+    # One client after the other (the iterative server serves one at a
+    # time): each connection decides for itself.
+    for order in (">I", "<I", ">I"):
+        ORDER = order
+        s = connect(addr)
+        for i in range(20):
+            s.sendall(request("%s %d" % (order, i)))
+            expect_pong(s, "%s %d" % (order, i), "%s frame %d" % (order, i))
+        s.close()
+    # Little-endian frames cut anywhere, and pipelined.
+    ORDER = "<I"
+    with contextlib.redirect_stdout(io.StringIO()):
+        rpc_split(addr)
+        rpc_pipeline(addr, 200)
+    # A little-endian length above --max-frame (1 MiB, the default) whose
+    # big-endian reading is larger still (not a multiple of 256: 2 MiB
+    # would read 8,192): too large either way, answered big-endian.
+    s = connect(addr)
+    s.sendall(struct.pack("<I", (2 << 20) + 1) + b"{")
+    ORDER = ">I"
+    expect_error(s, "a 2 MiB little-endian length", "too large")
+    expect_close(s, "after the 2 MiB length")
+    print("rpc-order: big-, little-, then big-endian clients, each "
+          "answered in its own order")
+
+
+def rpc_forced(addr, order):
+    """--rpc-order le|be: that order only, whatever the first frame."""
+    global ORDER
+    ORDER, other = ("<I", ">I") if order == "le" else (">I", "<I")
+    # 256 bytes, the auto rule's blind spot (it reads 65,536 the other way).
+    params = "x" * (256 - len(json.dumps({"in": "ping", "params": ""},
+                                          ensure_ascii=False)))
+    s = connect(addr)
+    s.sendall(request(params))
+    expect_pong(s, params, "a 256-byte frame in %s order" % order)
+    s.close()
+    # The other order is read as a huge length: an error, in ours.
+    s = connect(addr)
+    s.sendall(struct.pack(other, 40) + b"x" * 40)
+    expect_error(s, "a frame in the other order", "too large")
+    expect_close(s, "after the other order")
+    print("rpc-forced %s: a 256-byte frame served, the other order refused" %
+          order)
 
 
 def rpc_huge(addr):
@@ -474,7 +529,8 @@ CHECKS = {
     "rpc-split": rpc_split, "rpc-pipeline": rpc_pipeline,
     "rpc-values": rpc_values, "rpc-malformed": rpc_malformed,
     "rpc-unknown": rpc_unknown, "rpc-oversize": rpc_oversize,
-    "rpc-huge": rpc_huge, "rpc-deep": rpc_deep, "chat-many": chat_many, "chat-slow": chat_slow,
+    "rpc-huge": rpc_huge, "rpc-deep": rpc_deep, "rpc-order": rpc_order,
+    "rpc-forced": rpc_forced, "chat-many": chat_many, "chat-slow": chat_slow,
     "chat-long": chat_long,
 }
 
