@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -236,6 +237,43 @@ fail:
 		close(fd);
 		return -err;
 	}
+}
+
+int
+net_unix_reclaim(const struct net_addr *a)
+{
+	const char *path = ((const struct sockaddr_un *)&a->ss)->sun_path;
+	struct stat before, now;
+	int fd, r, err;
+
+	if (a->ss.ss_family != AF_UNIX)
+		return -EINVAL;
+	if (lstat(path, &before) < 0)
+		return -errno;
+	if (!S_ISSOCK(before.st_mode))
+		return -ENOTSOCK;
+	/*
+	 * A socket file outlives its server: only a connect() tells a live
+	 * one from a dead one.  ECONNREFUSED means no socket is bound to
+	 * that file any more.  Non-blocking, so a live server with a full
+	 * backlog (EAGAIN) counts as live instead of stalling us.
+	 */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	r = connect(fd, (const struct sockaddr *)&a->ss, a->len);
+	err = r < 0 ? errno : 0;
+	close(fd);
+	if (err != ECONNREFUSED)
+		return err == ENOENT ? 0 : -EADDRINUSE;
+	/* Remove that very file only, not one another server just made. */
+	if (lstat(path, &now) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (now.st_dev != before.st_dev || now.st_ino != before.st_ino)
+		return -EADDRINUSE;
+	if (unlink(path) < 0 && errno != ENOENT)
+		return -errno;
+	return 0;
 }
 
 int

@@ -45,9 +45,19 @@ void	net_addr_set_port(struct net_addr *a, int port);
 
 /*
  * socket + SO_REUSEADDR (+ SO_REUSEPORT) + bind + listen, close-on-exec.
- * A stale unix socket file is not removed: that is the caller's decision.
+ * A stale unix socket file is not removed: that is the caller's decision
+ * (net_unix_reclaim()).
  */
 int	net_listen(const struct net_addr *a, int backlog, int flags);
+
+/*
+ * The unix socket file at A is in the way of a bind (EADDRINUSE): remove
+ * it if it is stale, a socket file nobody accepts on any more (a server
+ * that died without removing it).  Returns 0 when it was removed (bind
+ * again), -EADDRINUSE when a server answers there (or is too busy to),
+ * -ENOTSOCK when the path is not a socket (never removed), -errno else.
+ */
+int	net_unix_reclaim(const struct net_addr *a);
 
 /*
  * Sockets handed over by systemd socket activation: LISTEN_PID must be our

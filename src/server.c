@@ -15,6 +15,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -385,6 +387,71 @@ listener_bufs(const struct srv *s, int fd)
 	return fd;
 }
 
+/*
+ * A unix socket is a file, and it outlives its listener: left behind, it
+ * makes the next start fail with EADDRINUSE.  So the process that made it
+ * removes it when it exits (from main() or through exit(), after a stop
+ * or a failure; workers end with _exit() and leave it alone), and only if
+ * the file at the path is still the one it made: another server may have
+ * taken the path over since.  Process-wide state, because atexit()
+ * handlers take no argument.
+ */
+static struct {
+	char	path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	dev_t	dev;
+	ino_t	ino;
+	pid_t	pid;
+} unix_made;
+
+static void
+unix_remove(void)
+{
+	struct stat st;
+
+	if (unix_made.pid == getpid() && lstat(unix_made.path, &st) == 0 &&
+	    st.st_dev == unix_made.dev && st.st_ino == unix_made.ino)
+		(void)unlink(unix_made.path);
+}
+
+static void
+unix_remove_at_exit(const struct srv *s)
+{
+	const struct sockaddr_un *sun = (const struct sockaddr_un *)&s->addr.ss;
+	struct stat st;
+
+	if (unix_made.pid != 0 || lstat(sun->sun_path, &st) < 0)
+		return;
+	memcpy(unix_made.path, sun->sun_path, sizeof(unix_made.path));
+	unix_made.dev = st.st_dev;
+	unix_made.ino = st.st_ino;
+	unix_made.pid = getpid();
+	(void)atexit(unix_remove);
+}
+
+/*
+ * The unix path is taken: by a dead server's socket file (remove it and
+ * bind again), or by a live server (refuse, saying so).
+ */
+static int
+unix_stale(struct srv *s, int flags)
+{
+	char buf[NET_ADDRSTRLEN];
+	int r = net_unix_reclaim(&s->addr);
+
+	if (r == 0) {
+		srv_log(s, "%s: removed a stale socket file", net_addr_str(&s->addr,
+		    buf, sizeof(buf)));
+		return net_listen(&s->addr, s->backlog, flags);
+	}
+	if (r == -EADDRINUSE)
+		fprintf(stderr, "%s: a server is already listening on %s\n",
+		    s->prog, net_addr_str(&s->addr, buf, sizeof(buf)));
+	else if (r == -ENOTSOCK)
+		fprintf(stderr, "%s: %s: the path exists and is not a socket\n",
+		    s->prog, net_addr_str(&s->addr, buf, sizeof(buf)));
+	return -EADDRINUSE;
+}
+
 int
 srv_listen(struct srv *s, int flags)
 {
@@ -421,17 +488,23 @@ srv_listen(struct srv *s, int flags)
 	}
 	if (fd >= 0 || !separate_workers(s))
 		fd = net_listen(&s->addr, s->backlog, flags);
+	if (fd == -EADDRINUSE && s->addr.ss.ss_family == AF_UNIX)
+		fd = unix_stale(s, flags);
 	if (fd < 0) {
 		fprintf(stderr, "%s: cannot listen on %s: %s\n", s->prog,
 		    net_addr_str(&s->addr, buf, sizeof(buf)), strerror(-fd));
 		switch (-fd) {
 		case EADDRINUSE: case EADDRNOTAVAIL: case EACCES: case EPERM:
 		case EAFNOSUPPORT:
+		/* A unix path whose directory is missing or read-only. */
+		case ENOENT: case ENOTDIR: case EROFS:
 			exit(SRV_EX_UNAVAILABLE);
 		default:
 			exit(SRV_EX_OSERR);
 		}
 	}
+	if (s->addr.ss.ss_family == AF_UNIX)
+		unix_remove_at_exit(s);
 	/* -p 0: learn the port the kernel chose, for the readiness line and
 	 * for the workers' listeners, which must bind that same port. */
 	if (s->addr.ss.ss_family != AF_UNIX && net_local_addr(fd, &s->addr) < 0)

@@ -510,3 +510,37 @@ stderr: $stderr"
 	assert_success
 	stop_server
 }
+
+@test "unix socket: removed at stop, a stale one reclaimed, a live one refused" {
+	local path=$BATS_TEST_TMPDIR/s
+	start_server -l "unix:$path"
+	# A live server's path: refused with 69, and that server unharmed.
+	run_server_cmd -l "unix:$path"
+	((status == 69)) || fail "second server on a live unix:$path: exit $status, want 69
+stderr: $stderr"
+	[[ $stderr == *"unix:$path"* ]] || fail "message lacks the path: $stderr"
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server
+	[[ ! -e $path ]] || fail "socket file $path left behind after a clean stop"
+	# The path again at once; then a server killed outright leaves its
+	# file behind, and the next start takes the stale file over.
+	start_server -l "unix:$path"
+	kill -KILL -- "-$SRV_PID"
+	wait "$SRV_PID" 2>/dev/null || true
+	[[ -S $path ]] || fail "no socket file left by a SIGKILLed server: nothing tested"
+	start_server -l "unix:$path"
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server
+	[[ ! -e $path ]] || fail "socket file $path left behind after a clean stop"
+	# A path that is not a socket is never removed.
+	echo keep >"$path"
+	run_server_cmd -l "unix:$path"
+	((status == 69)) || fail "unix:$path on a regular file: exit $status, want 69"
+	[[ $(cat "$path") == keep ]] || fail "a regular file at $path was touched"
+	# A missing directory: the address is unavailable (69), not an OS error.
+	run_server_cmd -l "unix:$BATS_TEST_TMPDIR/no/such/dir/s"
+	((status == 69)) || fail "unix path in a missing directory: exit $status, want 69
+stderr: $stderr"
+}
