@@ -9,7 +9,8 @@
  *
  *	echo	bytes back unchanged
  *	upper	bytes back, ASCII letters upper-cased
- *	chat	line based broadcast room (needs SRV_CAP_BROADCAST)
+ *	chat	broadcast room of lines and of the documents' unframed JSON
+ *		messages (needs SRV_CAP_BROADCAST)
  *	rpc	4-byte length (either byte order, per connection) + JSON
  *		{"in":"ping","params":P} -> {"out":"pong","result":P}
  */

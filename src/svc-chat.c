@@ -1,9 +1,25 @@
 /*
- * chat — a line-based chat room (-s chat).
+ * chat — a chat room (-s chat), for line clients and the documents' JSON
+ * clients in the same room.
  *
  * Every complete line a client sends goes to every other client as
  * "[NAME] line"; "/nick NAME" renames, and joins, renames and leaves are
- * announced as "* ..." lines.  Answers meant for the sender alone (the
+ * announced as "* ..." lines.
+ *
+ * The documents' client (003, ChatClient) sends each message as a JSON
+ * object, {"user": NAME, "text": TEXT}, with no newline or length after
+ * it: the object delimits itself.  Its server sends "[user] text" to every
+ * client, the sender included; so here a JSON message goes to everyone as
+ * "[user] text\n", its sender included (the newline keeps line clients
+ * whole), while a line goes to the others only, as before.  A message
+ * whose first byte is "{" and whose next non-blank byte is '"' or "}" is a
+ * JSON object; anything else is a line ("{hello" is a line).  The object
+ * ends at the brace that closes it (brackets counted outside strings, so
+ * the end is found at the same byte whatever the cuts; jansson then
+ * decodes the whole object once); a raw newline inside one ends it as an
+ * error, since json.dumps never writes one and an interactive user who
+ * typed a stray "{" must not wait for a brace.  Blanks and newlines right
+ * after an object are skipped: a client may end its objects with "\n".  Answers meant for the sender alone (the
  * welcome, errors) come back to it: "* ..." for notices, "! ..." for
  * errors.  Names hold no blank, so "[NAME] " is never ambiguous and no
  * client can forge a notice.
@@ -33,19 +49,37 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "service.h"
 
 #define CHAT_NAME_MAX	64	/* with the NUL; a default name is an address */
 #define CHAT_NICK_MAX	32	/* what /nick accepts */
 #define CHAT_MSG_STACK	4352	/* messages up to this are built on the stack */
 #define CHAT_LINE_MIN	256	/* first allocation of the partial-line buffer */
+/*
+ * jansson parses recursively: a thread's or a coroutine's small stack
+ * must not meet 100,000 nested brackets.  Counted before jansson sees them.
+ */
+#define CHAT_JSON_DEPTH	32
+
+/* What the message being received is. */
+#define MSG_START	0	/* nothing of it yet */
+#define MSG_SNIFF	1	/* "{" and blanks: JSON if '"' or '}' is next */
+#define MSG_LINE	2	/* a line, up to its newline */
+#define MSG_JSON	3	/* a JSON object, up to its closing brace */
 
 struct chat {
 	char	 name[CHAT_NAME_MAX];
-	uint8_t	*line;		/* a partial line, or NULL */
+	uint8_t	*line;		/* a partial message, or NULL */
 	size_t	 len, cap;
-	unsigned discard : 1;	/* inside a line past the limit */
+	unsigned discard : 1;	/* inside a message past the limit or refused */
 	unsigned joined : 1;	/* the room heard we came: announce leaving */
+	unsigned mode : 2;	/* MSG_* */
+	unsigned after_json : 1; /* skip blanks and newlines after an object */
+	unsigned instr : 1;	/* JSON: inside a string */
+	unsigned esc : 1;	/* JSON: after a backslash in a string */
+	uint32_t depth;		/* JSON: open brackets (saturates) */
 };
 
 
@@ -208,38 +242,238 @@ too_long(const struct svc_config *cfg, struct chat *st, struct svc_sink *sink)
 	    LIT(" bytes): discarded"));
 }
 
+/*
+ * A line: its bytes up to the newline.  *USED is what was consumed; the
+ * message ends (MSG_START) at its newline.
+ */
+static int
+line_input(const struct svc_config *cfg, struct chat *st, const uint8_t *buf,
+    size_t len, size_t *used, struct svc_sink *sink)
+{
+	const uint8_t *nl = memchr(buf, '\n', len);
+	size_t n = nl ? (size_t)(nl - buf) : len;
+	int r = 0;
+
+	*used = nl ? n + 1 : n;
+	if (nl)
+		st->mode = MSG_START;
+	if (st->discard)
+		st->discard = nl == NULL;	/* a refused line goes on */
+	else if (st->len + n > cfg->max_line) {
+		/* Refused the moment it passes the limit, whatever the cut. */
+		r = too_long(cfg, st, sink);
+		st->discard = nl == NULL;
+	} else if (nl == NULL)
+		r = append(st, buf, n, cfg->max_line);
+	else if (st->len == 0)
+		r = on_line(st, buf, n, sink);	/* whole in this read */
+	else if ((r = append(st, buf, n, cfg->max_line)) == 0) {
+		r = on_line(st, st->line, st->len, sink);
+		drop_line(st);
+	}
+	return r;
+}
+
+/* An error about a JSON message, to its sender. */
+static int
+json_refuse(const char *why, const char *detail, struct svc_sink *sink)
+{
+	char d[160];
+	char *p;
+
+	/* jansson quotes the input: keep the line printable. */
+	snprintf(d, sizeof(d), "%s", detail ? detail : "");
+	for (p = d; *p; p++)
+		if ((unsigned char)*p < ' ' || (unsigned char)*p > '~')
+			*p = '?';
+	return SAY(sink, TO_SELF, LIT("! "), STR(why), STR(d));
+}
+
+/*
+ * A whole object: {"user": NAME, "text": TEXT}, said as "[NAME] TEXT" to
+ * everyone, the sender included (the documents' server does so).  NAME
+ * follows the /nick rules and TEXT holds no control character, so that no
+ * JSON client can forge a notice or break a line.
+ */
+static int
+json_message(const uint8_t *p, size_t n, struct svc_sink *sink)
+{
+	json_error_t e;
+	json_t *j, *user, *text;
+	const char *t;
+	size_t i, tn;
+	int r;
+
+	if ((j = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES,
+	    &e)) == NULL)
+		return json_refuse("invalid JSON message: ", e.text, sink);
+	user = json_object_get(j, "user");
+	text = json_object_get(j, "text");
+	if (!json_is_string(user) || !json_is_string(text)) {
+		json_decref(j);
+		return json_refuse("a JSON message is {\"user\": NAME, "
+		    "\"text\": TEXT}, both strings", NULL, sink);
+	}
+	if (!valid_nick((const uint8_t *)json_string_value(user),
+	    json_string_length(user))) {
+		json_decref(j);
+		return json_refuse("bad \"user\" in a JSON message (1 to 32 "
+		    "printable characters, no blank, not starting with * or !)",
+		    NULL, sink);
+	}
+	t = json_string_value(text);
+	tn = json_string_length(text);
+	for (i = 0; i < tn; i++)
+		if ((unsigned char)t[i] < ' ' || t[i] == 0x7f)
+			break;
+	if (i < tn) {
+		json_decref(j);
+		return json_refuse("the \"text\" of a JSON message holds a "
+		    "control character", NULL, sink);
+	}
+	r = SAY(sink, TO_SELF, LIT("["), STR(json_string_value(user)),
+	    LIT("] "), PART(t, tn));
+	if (r == 0)
+		r = SAY(sink, TO_ALL, LIT("["), STR(json_string_value(user)),
+		    LIT("] "), PART(t, tn));
+	json_decref(j);
+	return r;
+}
+
+static int
+json_too_long(const struct svc_config *cfg, struct chat *st,
+    struct svc_sink *sink)
+{
+	char lim[32];
+
+	drop_line(st);
+	st->discard = 1;
+	snprintf(lim, sizeof(lim), "%zu", cfg->max_line);
+	return SAY(sink, TO_SELF, LIT("! JSON message too long (more than "),
+	    STR(lim), LIT(" bytes): discarded"));
+}
+
+/*
+ * A JSON object, byte by byte: brackets counted outside strings, so that
+ * its end, the limit and the nesting guard fall on the same byte whatever
+ * the cuts.  Only a whole object reaches jansson.
+ */
+static int
+json_input(const struct svc_config *cfg, struct chat *st, const uint8_t *buf,
+    size_t len, size_t *used, struct svc_sink *sink)
+{
+	size_t i;
+	uint8_t c;
+	int r = 0, end = 0;
+
+	for (i = 0; i < len && r == 0 && !end; i++) {
+		c = buf[i];
+		if (c == '\n') {
+			/* Never inside a compact object: the message ends. */
+			if (!st->discard)
+				r = json_refuse("invalid JSON message: a newline "
+				    "before its closing brace", NULL, sink);
+			st->mode = MSG_START;
+			drop_line(st);
+			st->discard = 0;
+			*used = i + 1;
+			return r;
+		}
+		/* Past the limit: refused, and its end still looked for. */
+		if (!st->discard && st->len + i + 1 > cfg->max_line)
+			r = json_too_long(cfg, st, sink);
+		if (st->instr) {
+			if (st->esc)
+				st->esc = 0;
+			else if (c == '\\')
+				st->esc = 1;
+			else if (c == '"')
+				st->instr = 0;
+		} else if (c == '"')
+			st->instr = 1;
+		else if (c == '{' || c == '[') {
+			if (st->depth < UINT32_MAX)
+				st->depth++;
+			if (st->depth > CHAT_JSON_DEPTH && !st->discard) {
+				drop_line(st);
+				st->discard = 1;
+				r = json_refuse("JSON message nested too deep",
+				    NULL, sink);
+			}
+		} else if ((c == '}' || c == ']') && --st->depth == 0)
+			end = 1;
+	}
+	*used = i;
+	if (r < 0)
+		return r;
+	if (!end) {
+		/* The object goes on in the next read. */
+		return st->discard ? 0 : append(st, buf, i, cfg->max_line);
+	}
+	st->mode = MSG_START;
+	st->after_json = 1;
+	if (st->discard)
+		st->discard = 0;
+	else if (st->len == 0)
+		r = json_message(buf, i, sink);	/* whole in this read */
+	else if ((r = append(st, buf, i, cfg->max_line)) == 0)
+		r = json_message(st->line, st->len, sink);
+	drop_line(st);
+	return r;
+}
+
 static int
 chat_input(const struct svc_config *cfg, void *state, const uint8_t *buf,
     size_t len, struct svc_sink *sink)
 {
 	struct chat *st = state;
-	const uint8_t *nl;
-	size_t n;
+	size_t used;
+	uint8_t c;
 	int r = 0;
 
-	while (len > 0) {
-		nl = memchr(buf, '\n', len);
-		n = nl ? (size_t)(nl - buf) : len;
-		if (st->discard)
-			st->discard = nl == NULL;	/* a refused line goes on */
-		else if (st->len + n > cfg->max_line) {
-			/* Refused the moment it passes the limit, whatever the cut. */
-			r = too_long(cfg, st, sink);
-			st->discard = nl == NULL;
-		} else if (nl == NULL)
-			r = append(st, buf, n, cfg->max_line);
-		else if (st->len == 0)
-			r = on_line(st, buf, n, sink);	/* whole in this read */
-		else if ((r = append(st, buf, n, cfg->max_line)) == 0) {
-			r = on_line(st, st->line, st->len, sink);
-			drop_line(st);
+	while (len > 0 && r == 0) {
+		c = *buf;
+		used = 1;
+		switch (st->mode) {
+		case MSG_START:
+			if (st->after_json && (c == ' ' || c == '\t' ||
+			    c == '\r' || c == '\n'))
+				break;
+			st->after_json = 0;
+			if (c != '{') {
+				st->mode = MSG_LINE;
+				used = 0;
+				break;
+			}
+			st->mode = MSG_SNIFF;
+			r = append(st, buf, 1, cfg->max_line);
+			break;
+		case MSG_SNIFF:
+			if (c == '"' || c == '}') {
+				st->mode = MSG_JSON;
+				st->depth = 1;
+				st->instr = st->esc = 0;
+				used = 0;
+			} else if ((c == ' ' || c == '\t') &&
+			    st->len < cfg->max_line)
+				r = append(st, buf, 1, cfg->max_line);
+			else {
+				/* Not an object: a line that starts with "{". */
+				st->mode = MSG_LINE;
+				used = 0;
+			}
+			break;
+		case MSG_LINE:
+			r = line_input(cfg, st, buf, len, &used, sink);
+			break;
+		case MSG_JSON:
+			r = json_input(cfg, st, buf, len, &used, sink);
+			break;
 		}
-		if (r < 0 || nl == NULL)
-			return r;
-		buf += n + 1;
-		len -= n + 1;
+		buf += used;
+		len -= used;
 	}
-	return 0;
+	return r;
 }
 
 static int

@@ -360,6 +360,26 @@ $(cat "$SRV_LOG")"
 	done
 }
 
+@test "chat: the documents' JSON clients (003 ChatClient) and a line client share one room" {
+	# The port keeps the document's wire behaviour: one JSON object per
+	# message, no delimiter, recv(1000).  A JSON message reaches everyone,
+	# its sender included; a line, the others.
+	local m
+	for m in $(chat_models); do
+		start_model "$m" $(chat_args "$m") -s chat
+		check "$m" chat-doc "$top_srcdir/tests/helpers/doc-chat-client.py"
+		stop_server
+	done
+}
+
+@test "chat: a JSON message past --max-line, or invalid, gets a ! line; the next one is heard" {
+	local m
+	m=$(chat_models | head -n 1)
+	start_model "$m" -s chat --max-line 100
+	check "$m" chat-json-errors 100
+	stop_server
+}
+
 @test "chat: models that cannot broadcast refuse -s chat (exit 64, saying why)" {
 	local m bin refused=0
 	for m in $(model_names); do

@@ -1,10 +1,11 @@
 /*
- * fuzz-chat — the chat line splitter under libFuzzer or AFL++ (see
- * fuzz-svc.c for the input format and the runs).
+ * fuzz-chat — the chat line splitter and JSON object scanner under
+ * libFuzzer or AFL++ (see fuzz-svc.c for the input format and the runs).
  *
  * Beyond "any cut gives the same output", the output of the whole run
- * must be whole lines: to the sender, notices ("* ") and errors ("! ");
- * to the room, "[NAME] text" or notices.
+ * must be whole lines: to the sender, notices ("* "), errors ("! ") and
+ * its own JSON messages ("[NAME] text"); to the room, "[NAME] text" or
+ * notices.
  */
 #include "config.h"
 
@@ -41,7 +42,8 @@ check_lines(const char *who, const uint8_t *p, size_t len, const char *ok)
 static void
 check(const uint8_t *reply, size_t rlen, const uint8_t *bcast, size_t blen)
 {
-	check_lines("to the sender", reply, rlen, "*!");
+	/* A JSON message comes back to its sender as "[user] text". */
+	check_lines("to the sender", reply, rlen, "*![");
 	check_lines("to the room", bcast, blen, "*[");
 }
 

@@ -13,7 +13,9 @@ rpc checks:   rpc-split, rpc-pipeline N, rpc-values, rpc-malformed,
               rpc-unknown, rpc-oversize MAX_FRAME, rpc-huge, rpc-deep,
               rpc-order (both byte orders, --rpc-order auto),
               rpc-forced le|be (a server run with --rpc-order le|be)
-chat checks:  chat-many N M, chat-slow, chat-long MAX_LINE
+chat checks:  chat-many N M, chat-slow, chat-long MAX_LINE,
+              chat-doc CLIENT (CLIENT: tests/helpers/doc-chat-client.py),
+              chat-json-errors MAX_LINE
 """
 
 import contextlib
@@ -23,7 +25,9 @@ import json
 import selectors
 import socket
 import struct
+import subprocess
 import sys
+import threading
 import time
 
 TIMEOUT = 20.0
@@ -525,13 +529,131 @@ def chat_long(addr, max_line):
           (m, m + 1, 3 * m, errs[0].decode()))
 
 
+class Reader:
+    """Everything a pipe or socket gives, gathered by a thread."""
+
+    def __init__(self, read):
+        self.data = b""
+        self.cv = threading.Condition()
+        self.t = threading.Thread(target=self._run, args=(read,), daemon=True)
+        self.t.start()
+
+    def _run(self, read):
+        while True:
+            try:
+                b = read(65536)
+            except OSError:
+                b = b""
+            with self.cv:
+                if not b:
+                    self.cv.notify_all()
+                    return
+                self.data += b
+                self.cv.notify_all()
+
+    def wait(self, what, who):
+        end = time.monotonic() + TIMEOUT
+        with self.cv:
+            while what not in self.data:
+                left = end - time.monotonic()
+                if left <= 0 or not self.t.is_alive():
+                    raise Fail("%s never got %r; it got: %r" %
+                               (who, what, self.data[-600:]))
+                self.cv.wait(left)
+
+
+def chat_doc(addr, client):
+    """The documents' JSON clients and a line client share one room."""
+    host, _, port = addr.rpartition(":")
+    procs, out = {}, {}
+    try:
+        for name in ("alice", "bob"):
+            p = subprocess.Popen(
+                [sys.executable, "-u", client, "-host", host.strip("[]"),
+                 "-port", port, "-username", name],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            procs[name] = p
+            out[name] = Reader(p.stdout.read1)
+            out[name].wait(b"* welcome", name)
+        carol = connect(addr)
+        carol.settimeout(None)
+        out["carol"] = Reader(carol.recv)
+        out["carol"].wait(b"* welcome", "carol")
+        carol.sendall(b"/nick carol\n")
+        out["carol"].wait(b"* you are now carol\n", "carol")
+
+        def say(name, text):
+            procs[name].stdin.write(text.encode() + b"\n")
+            procs[name].stdin.flush()
+
+        # A JSON message reaches everyone, its sender too (the documents'
+        # server sends it to every connection).
+        say("alice", "hello from alice")
+        for who in ("alice", "bob", "carol"):
+            out[who].wait(b"[alice] hello from alice\n", who)
+        say("bob", "\u4f60\u597d, alice")
+        for who in ("alice", "bob", "carol"):
+            out[who].wait("[bob] \u4f60\u597d, alice\n".encode(), who)
+        # A line reaches the others, as ever.
+        carol.sendall(b"hi, JSON clients\n")
+        for who in ("alice", "bob"):
+            out[who].wait(b"[carol] hi, JSON clients\n", who)
+        # Then one more message: by the time carol hears it, she would
+        # have heard her own line before it.
+        say("alice", "last")
+        out["carol"].wait(b"[alice] last\n", "carol")
+        if b"[carol]" in out["carol"].data:
+            raise Fail("carol (a line client) heard her own line")
+        for who in out:
+            if b"\n! " in out[who].data:
+                raise Fail("%s got an error: %r" % (who, out[who].data))
+        carol.close()
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    print("chat-doc: two of the documents' JSON clients and a line client "
+          "heard each other, the JSON senders their own messages")
+
+
+def chat_json_errors(addr, max_line):
+    """Bad JSON messages get errors; the stream stays in step."""
+    max_line = int(max_line)
+    a, b = Peer(addr), Peer(addr)
+    welcomed([a, b], addr)
+    msgs = [
+        (b'{"user": "a" "text": "b"}', b"! invalid JSON message"),
+        (b'{"user": "alice"}', b"! a JSON message is"),
+        (b'{"user": "al ice", "text": "x"}', b'! bad "user"'),
+        (b'{"user": "alice", "text": "' + b"x" * max_line + b'"}',
+         b"! JSON message too long"),
+        (b'{"user": "alice", "text": "a' + b"[" * 40 + b'"}',
+         None),    # brackets inside a string are text
+        (b'{"x": ' + b"[" * 40 + b"]" * 40 + b"}", b"! JSON message nested"),
+        (b'{"user": "alice", "text": "unfinished\n', b"! invalid JSON message"),
+    ]
+    for data, err in msgs:
+        a.send(data)
+        a.send(b'{"user": "alice", "text": "next"}')
+        loop([a, b], lambda: ("alice", "next") in b.said, "after %r" % data[:40])
+        if err is not None and not any(ln.startswith(err) for ln in a.lines):
+            raise Fail("no %r for %r; got %r" % (err, data[:40], a.lines[-3:]))
+        if err is None and ("alice", "a" + "[" * 40) not in b.said:
+            raise Fail("brackets in a string: %r" % b.said[-3:])
+        b.said.clear()
+        a.lines.clear()
+    print("chat-json-errors: %d bad messages refused with a ! line, each "
+          "followed by one that was heard" % (len(msgs) - 1))
+
+
 CHECKS = {
     "rpc-split": rpc_split, "rpc-pipeline": rpc_pipeline,
     "rpc-values": rpc_values, "rpc-malformed": rpc_malformed,
     "rpc-unknown": rpc_unknown, "rpc-oversize": rpc_oversize,
     "rpc-huge": rpc_huge, "rpc-deep": rpc_deep, "rpc-order": rpc_order,
     "rpc-forced": rpc_forced, "chat-many": chat_many, "chat-slow": chat_slow,
-    "chat-long": chat_long,
+    "chat-long": chat_long, "chat-doc": chat_doc,
+    "chat-json-errors": chat_json_errors,
 }
 
 
