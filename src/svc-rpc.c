@@ -20,8 +20,12 @@
  * as big-endian, so a little-endian client whose first frame's length is
  * a multiple of 256 (0 included) whose byte-swapped value also fits (256
  * reads as 65,536) is misread; it gets no answer to that frame, or an
- * error and a close.  --rpc-order be or le fixes the order instead.  A
- * first length too large both ways is answered in big-endian.
+ * error and a close.  Its mirror: a big-endian first length past the
+ * limit whose little-endian reading fits (0xC0000000, 3 GB, reads 192) is
+ * taken as little-endian; nothing large is allocated either way, but that
+ * client gets an answer it cannot read instead of "too large".
+ * --rpc-order be or le fixes the order instead.  A first length too large
+ * both ways is answered in big-endian.
  *
  * JSON is parsed and printed by jansson.  P comes back as the same JSON
  * value: strings (with \u0000 and any Unicode), integers that fit in 64

@@ -316,7 +316,9 @@ def rpc_forced(addr, order):
 def rpc_huge(addr):
     """A length field announcing 3 GB: an error and a close, at once."""
     s = connect(addr)
-    s.sendall(struct.pack(">I", 3 << 30) + b'{"in":"ping","params":"' +
+    # 0xC00000C0: 3 GB read either way.  (0xC0000000 would be a 192-byte
+    # little-endian frame to a server that tells the orders apart.)
+    s.sendall(struct.pack(">I", (3 << 30) | 0xC0) + b'{"in":"ping","params":"' +
               b"x" * 65536)
     msg = expect_error(s, "a 3 GB length", "too large")
     expect_close(s, "after the 3 GB length")
