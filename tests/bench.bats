@@ -130,6 +130,22 @@ csv_field() { # CSV-TEXT NAME
 	done
 }
 
+@test "echo-bench: --service rpc-le, little-endian frames, every pong byte checked (echo-epoll)" {
+	SERVER_CMD=("$top_builddir/src/echo-epoll")
+	start_server -s rpc
+	run without_fd3 "$BENCH" -q --csv -S rpc-le -E epoll -c 10 -d 2 -s 300 -i 5 \
+	    -D 0.5 -W 0.1 "$SRV_ADDR"
+	assert_success
+	assert_equal "$(csv_field "$output" mismatches)" 0
+	assert_equal "$(csv_field "$output" errors)" 0
+	(($(csv_field "$output" msgs) > 0)) || fail "rpc-le: no messages: $output"
+	# A body of 256 bytes (-s 260) is the auto rule's blind spot: refused.
+	run --separate-stderr without_fd3 "$BENCH" -q -S rpc-le -s 260 -c 1 -D 0.2 "$SRV_ADDR"
+	assert_equal "$status" 64
+	[[ $stderr == *"multiple of 256"* ]] || fail "no reason given: $stderr"
+	stop_server
+}
+
 @test "echo-bench: --service rpc against an echo server is a mismatch, exit 1" {
 	start_server -s echo
 	# The echo of a request frame is not the pong frame: its length differs.

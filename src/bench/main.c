@@ -44,7 +44,7 @@ usage(FILE *f)
 "      --churn            connect, echo one message, close: connections/s\n"
 "  -T, --threads N        load threads (1)\n"
 "  -E, --engine NAME      auto (io_uring if it can, else epoll), epoll, uring\n"
-"  -S, --service NAME     echo, upper or rpc (what is sent, how replies are checked)\n"
+"  -S, --service NAME     echo, upper, rpc or rpc-le (what is sent, how replies are checked)\n"
 "      --server-pid PID   report the CPU time, scheduling and memory of PID\n"
 "                         and all its descendants\n"
 "      --syscalls         also count its system calls with perf(1)\n"
@@ -264,7 +264,7 @@ parse_args(int argc, char **argv)
 		bad_usage("bad address '%s'", target);
 	net_addr_str(&opt.addr, opt.addrstr, sizeof(opt.addrstr));
 	if ((opt.proto = wire_proto(svc)) == NULL)
-		bad_usage("unknown service '%s' (echo, upper, rpc)", svc);
+		bad_usage("unknown service '%s' (echo, upper, rpc, rpc-le)", svc);
 	if (churn && opt.rate > 0)
 		bad_usage("--churn and --rate do not mix");
 	opt.mode = churn ? MODE_CHURN : opt.rate > 0 ? MODE_OPEN : MODE_CLOSED;
