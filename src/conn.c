@@ -429,6 +429,36 @@ conn_blocking_close(int lfd, int reserve)
  */
 static volatile sig_atomic_t wake_fds[2] = { -1, -1 };
 
+/*
+ * SHUT_RD ends a connection's reads, not a write blocked on a client that
+ * sends and never reads: that write waits for room in the client's
+ * window, forever.  So a stop also arms an alarm for the grace period,
+ * and the alarm shuts the connection down for writing too: the write
+ * fails with EPIPE and the serve loop returns.
+ */
+static void
+wake_conn(int how)
+{
+	int fd = wake_fds[CONN_WAKE_CONN];
+
+	if (fd < 0)
+		return;
+	(void)shutdown(fd, how);
+	if (how == SHUT_RD)
+		(void)alarm((STOP_GRACE_MS + 999) / 1000);
+}
+
+static void
+on_alarm(int sig)
+{
+	int saved = errno;
+
+	(void)sig;
+	if (srv_stop)
+		wake_conn(SHUT_RDWR);
+	errno = saved;
+}
+
 static void
 on_wake(int sig)
 {
@@ -436,11 +466,9 @@ on_wake(int sig)
 
 	(void)sig;
 	srv_stop = 1;
-	fd = wake_fds[CONN_WAKE_CONN];
-	if (fd == CONN_WAKE_EXIT)
+	if (wake_fds[CONN_WAKE_CONN] == CONN_WAKE_EXIT)
 		_exit(SRV_EX_OK);
-	if (fd >= 0)
-		(void)shutdown(fd, SHUT_RD);
+	wake_conn(SHUT_RD);
 	fd = wake_fds[CONN_WAKE_LISTENER];
 	if (fd >= 0)
 		(void)shutdown(fd, SHUT_RD);
@@ -462,6 +490,8 @@ conn_wake_signals(void)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
+	sa.sa_handler = on_alarm;
+	sigaction(SIGALRM, &sa, NULL);
 }
 
 void
@@ -469,7 +499,9 @@ conn_wake_set(int slot, int fd)
 {
 	wake_fds[slot] = fd;
 	/* A stop that landed before the descriptor was registered. */
-	if (srv_stop && fd >= 0)
+	if (srv_stop && fd >= 0 && slot == CONN_WAKE_CONN)
+		wake_conn(SHUT_RD);
+	else if (srv_stop && fd >= 0)
 		(void)shutdown(fd, SHUT_RD);
 	else if (srv_stop && fd == CONN_WAKE_EXIT)
 		_exit(SRV_EX_OK);

@@ -64,7 +64,10 @@ void	conn_blocking_close(int lfd, int reserve);
  * sets srv_stop and shuts down (SHUT_RD) the descriptors registered here.
  * A listener's accept() then fails with EINVAL; a connection's read()
  * returns 0, as at EOF, while its writes still go out, so the reply in
- * progress is finished.  CONN_WAKE_EXIT in the connection slot makes the
+ * progress is finished.  A write blocked on a client that does not read
+ * would hold the stop forever: the stop also arms alarm() for the grace
+ * period, and SIGALRM then shuts the connection down for writing too (the
+ * write fails with EPIPE).  SIGALRM is this layer's in blocking models.  CONN_WAKE_EXIT in the connection slot makes the
  * handler _exit(0) instead: a preforked child idle in accept() or in its
  * accept lock has nothing to finish (and must not shut down the listener
  * its siblings share).

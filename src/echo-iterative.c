@@ -14,7 +14,9 @@
  * Pitfall: a stop signal.  read() and accept() are restarted on EINTR by
  * the socket layer, and a signal that lands just before the call would be
  * missed anyway; so the handler shuts the listener and the connection down
- * (conn_wake_*), which wakes either call for certain.
+ * (conn_wake_*), which wakes either call for certain.  A write blocked on
+ * a client that sends and never reads is not woken by that: after the
+ * grace period an alarm shuts the connection down entirely.
  */
 #include "config.h"
 

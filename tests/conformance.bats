@@ -475,6 +475,24 @@ stderr: $stderr"
 	((BG_STATUS == 0)) || fail "clients after the server stopped: $(cat "$out" "$out.err")"
 }
 
+@test "SIGTERM with a client that sends and never reads: exit 0 within the grace period" {
+	start_server
+	local out=$BATS_TEST_TMPDIR/slow pid t0 ms
+	bg_iotest "$out" slowreader -h 60 "$SRV_ADDR"
+	pid=$BG_PID
+	wait_line "$out" '^blocked [0-9]+' 60 "$pid" >/dev/null
+	# The server's reply to it is blocked: the stop must still come
+	# within the grace period (2 s) and a second.
+	t0=$(date +%s%N)
+	kill -TERM "$SRV_PID"
+	wait_until 10 proc_dead "$SRV_PID" || true
+	ms=$((($(date +%s%N) - t0) / 1000000))
+	stop_server "$SRV_PID" TERM
+	((ms < 3000)) || fail "stopped $ms ms after SIGTERM, want < 3000 (grace 2 s + 1 s)"
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
 @test "SIGINT stops an idle server: exit 0" {
 	start_server
 	run iotest echo "$SRV_ADDR"
