@@ -165,6 +165,28 @@ $(ps -o pid,ppid,stat,args -p "$(echo $kids | tr ' ' ,)")"
 	((status == 64)) || fail "--stack 1: exit $status, want 64"
 }
 
+@test "thread: the smallest --stack accepted survives the deepest rpc request accepted" {
+	# The rpc parser recurses (jansson): 64 levels of nesting are served,
+	# and the thread that parses them must not overflow its stack.
+	local min svcclient=$top_srcdir/tests/helpers/svcclient.py
+	run --separate-stderr without_fd3 "$top_builddir/src/echo-thread" -p 0 --stack 1
+	((status == 64)) || fail "--stack 1: exit $status, want 64"
+	[[ $stderr =~ out\ of\ range\ \(([0-9]+)\ to ]] || fail "no range in: $stderr"
+	min=${BASH_REMATCH[1]}
+	use echo-thread --stack "$min"
+	start_server -s rpc
+	run timeout -k 5 60 python3 -S "$svcclient" rpc-deep "$SRV_ADDR"
+	assert_success
+	run timeout -k 5 60 python3 -S "$svcclient" rpc-values "$SRV_ADDR"
+	assert_success
+	proc_alive "$SRV_PID" || fail "echo-thread --stack $min died: $(cat "$SRV_LOG")"
+	stop_server
+	start_server -s chat
+	run timeout -k 5 60 python3 -S "$svcclient" chat-long "$SRV_ADDR" 4096
+	assert_success
+	stop_server
+}
+
 # ---- echo-threadpool ------------------------------------------------------------------
 
 @test "threadpool: -w 2 --queue 2: two served, two queued, the rest refused with a log line" {
