@@ -150,7 +150,13 @@ srv_parse_num(const struct srv *s, const char *name, const char *arg,
 		goto bad;
 	errno = 0;
 	v = strtoll(arg, &end, 10);
-	if (errno || end == arg)
+	if (end == arg || (errno && errno != ERANGE))
+		goto bad;
+	/* All digits, but more than a long long holds: a number, too big. */
+	if (errno == ERANGE && (*end == '\0' || (sizes &&
+	    strchr("kKmMgG", *end) != NULL && end[1] == '\0')))
+		goto range;
+	if (errno == ERANGE)
 		goto bad;
 	if (sizes && *end != '\0') {
 		switch (*end++) {
@@ -307,7 +313,7 @@ srv_init(struct srv *s, const struct srv_model *m, int argc, char **argv,
 	size_t nlo = NCOMMON + count_model_opts(m) + 1;
 	struct option *lo = calloc(nlo, sizeof(*lo));
 	char so[128];
-	int c, r;
+	int c, r, help = 0, version = 0;
 
 	memset(s, 0, sizeof(*s));
 	s->model = m;
@@ -340,11 +346,11 @@ srv_init(struct srv *s, const struct srv_model *m, int argc, char **argv,
 			    argv[optind - 1]);
 			break;
 		case OPT_HELP:
-			usage(s, stdout);
-			exit(0);
+			help = 1;
+			break;
 		case OPT_VERSION:
-			printf("%s (%s) %s\n", s->prog, PACKAGE_NAME, PACKAGE_VERSION);
-			exit(0);
+			version = 1;
+			break;
 		default:
 			if (c >= 'A' && c < 256 && strchr("lpswbmBtqv", c))
 				parse_common(s, c, optarg);
@@ -356,8 +362,17 @@ srv_init(struct srv *s, const struct srv_model *m, int argc, char **argv,
 		}
 	}
 	free(lo);
+	/* After the loop: "--version x" is a bad command line too. */
 	if (optind < argc)
 		srv_usage_error(s, "unexpected argument '%s'", argv[optind]);
+	if (help) {
+		usage(s, stdout);
+		exit(0);
+	}
+	if (version) {
+		printf("%s (%s) %s\n", s->prog, PACKAGE_NAME, PACKAGE_VERSION);
+		exit(0);
+	}
 	r = net_parse_addr(s->listen, s->port, &s->addr);
 	if (r < 0)
 		srv_usage_error(s, "-l: not an address: '%s' (want 127.0.0.1, "

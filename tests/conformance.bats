@@ -135,7 +135,8 @@ run_server_cmd() {
 
 @test "bad command lines exit 64 with a one-line reason" {
 	local -a bad=("--no-such-option" "-p 99999" "-p abc" "-p -1" "-w 0"
-		"-s nosuch" "-b abc" "-l not-an-address" "extra-argument")
+		"-s nosuch" "-b abc" "-l not-an-address" "extra-argument"
+		"--version extra" "--help extra" "-p 99999999999999999999")
 	local args
 	for args in "${bad[@]}"; do
 		# -p 0 first: a server that wrongly starts takes no fixed port.
@@ -148,6 +149,8 @@ stderr: $stderr"
 			fail "'$NAME $args': first line is not '$NAME: reason': $stderr"
 		[[ -z $output ]] || fail "'$NAME $args' wrote to stdout: $output"
 	done
+	run_server_cmd -p 99999999999999999999
+	[[ $stderr == *"out of range"* ]] || fail "a 20-digit port: $stderr"
 }
 
 @test "readiness line names the program, the address and the service" {
