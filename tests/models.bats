@@ -427,3 +427,13 @@ accepting_child() { # PGID
 	run without_fd3 "$top_builddir/src/echo-coro" -p 0 --stack 4k
 	((status == 64)) || fail "--stack 4k: exit $status, want 64"
 }
+
+@test "coro: the smallest --stack (64k) serves the deepest rpc request; 32k is refused" {
+	use echo-coro -s rpc --stack 64k
+	start_server
+	run timeout -k 5 120 python3 -S "$top_srcdir/tests/helpers/svcclient.py" rpc-deep "$SRV_ADDR"
+	assert_success
+	stop_server
+	run without_fd3 "$top_builddir/src/echo-coro" -p 0 --stack 32k
+	((status == 64)) || fail "--stack 32k: exit $status, want 64"
+}
