@@ -9,6 +9,8 @@
 #
 # By hand, from the build directory: tests/run-bats $top_srcdir/tests/bench.bats
 
+bats_require_minimum_version 1.5.0
+
 setup_file() {
 	export BENCH_OUT=$BATS_FILE_TMPDIR/report
 }
