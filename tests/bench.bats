@@ -194,6 +194,45 @@ csv_field() { # CSV-TEXT NAME
 	stop_server
 }
 
+@test "echo-bench: --server-quota caps the server in a cgroup for the window, then lets it go" {
+	run without_fd3 "$BENCH" --server-quota 30 127.0.0.1:1
+	assert_equal "$status" 64
+	assert_output --partial "--server-pid"
+	run without_fd3 "$BENCH" --server-quota 0 --server-pid 1 127.0.0.1:1
+	assert_equal "$status" 64
+	start_server
+	local before out
+	before=$(grep -E '^[0-9]+:(.*[:,])?cpu([:,]|$)|^0::' "/proc/$SRV_PID/cgroup")
+	# While it runs the server is in a group of its own (or a warning
+	# says why it cannot be); the CSV says which.
+	without_fd3 "$BENCH" -q --csv -c 20 -D 1.5 -W 0.2 --server-pid "$SRV_PID" --server-quota 30 \
+	    "$SRV_ADDR" >"$BATS_TEST_TMPDIR/out" 2>"$BATS_TEST_TMPDIR/err" &
+	local bp=$!
+	local grp=
+	wait_until 10 grep -q echo-bench- "/proc/$SRV_PID/cgroup" &&
+	    grp=$(grep -o 'echo-bench-[0-9]*' "/proc/$SRV_PID/cgroup" | head -n 1)
+	[[ -n $grp ]] || grep -q 'no CPU quota' "$BATS_TEST_TMPDIR/err" ||
+	    fail "not capped, no warning: $(cat "$BATS_TEST_TMPDIR/err")"
+	wait "$bp" || fail "echo-bench failed: $(cat "$BATS_TEST_TMPDIR/err")"
+	out=$(cat "$BATS_TEST_TMPDIR/out")
+	assert_equal "$(csv_field "$out" mismatches)" 0
+	if grep -q 'no CPU quota' "$BATS_TEST_TMPDIR/err"; then
+		assert_equal "$(csv_field "$out" server_quota_pct)" ""
+	else
+		assert_equal "$(csv_field "$out" server_quota_pct)" 30
+		awk -v v="$(csv_field "$out" server_throttled_pct)" 'BEGIN { exit !(v >= 0 && v <= 100) }' ||
+		    fail "throttled share not sane: $out"
+	fi
+	[[ $(csv_field "$out" regime) =~ ^(server-saturated|client-bound|neither)$ ]] || fail "no regime: $out"
+	# Afterwards it is back where it was, and the group is gone.
+	assert_equal "$(grep -E '^[0-9]+:(.*[:,])?cpu([:,]|$)|^0::' "/proc/$SRV_PID/cgroup")" "$before"
+	if [[ -n $grp ]]; then
+		run find /sys/fs/cgroup -maxdepth 4 -name "$grp"
+		assert_output ""
+	fi
+	stop_server
+}
+
 # ---- the report ------------------------------------------------------------
 
 # --quick takes well under a minute on an idle two-core machine; the
@@ -299,6 +338,27 @@ path_without() { # NAME DIR
 	    !($c["msgs_per_s"] > 0) || $c["mismatches"] != 0 { print "line " NR ": bad run"; bad = 1 }
 	    END { exit bad || NR < 4 }' "$out/raw.csv"
 	assert_success
+}
+
+@test "report: the server-saturated set is run, and every run says its regime" {
+	run_report || skip "the report did not run"
+	run grep -c '^## The two regimes$' "$BENCH_OUT/summary.md"
+	assert_output 1
+	# Each capped point of each model: a regime, and a quota unless the
+	# summary says none could be set.
+	local noquota=0
+	grep -q 'could not be run as such' "$BENCH_OUT/summary.md" && noquota=1
+	run awk -F, -v noquota="$noquota" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+	    $c["point"] ~ /\/q[0-9]+$/ { n++
+		if ($c["regime"] !~ /^(server-saturated|client-bound|neither|mixed:.*)$/) { print NR ": regime " $c["regime"]; bad = 1 }
+		if (!noquota && $c["quota"] == "") { print NR ": no quota"; bad = 1 }
+		if (!($c["msgs_per_s"] > 0 && $c["server_cpu_us_per_msg"] > 0)) { print NR ": no figures"; bad = 1 }
+		if (!($c["cpu_us_min"] <= $c["server_cpu_us_per_msg"] && $c["server_cpu_us_per_msg"] <= $c["cpu_us_max"])) { print NR ": spread"; bad = 1 } }
+	    END { exit bad || n < 3 }' "$BENCH_OUT/summary.csv"
+	assert_success
+	command -v gnuplot >/dev/null || return 0
+	check_plot "$BENCH_OUT" saturated-throughput
+	check_plot "$BENCH_OUT" saturated-cpu
 }
 
 @test "report: summary.md ranks the models and describes the machine" {

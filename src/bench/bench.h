@@ -125,6 +125,7 @@ struct bench_opts {
 	int64_t		 connect_timeout; /* ns */
 	pid_t		 server_pid;
 	int		 syscalls;	/* run perf on the server */
+	double		 quota;		/* % of a core for the server, or 0 */
 	int		 engine;	/* ENGINE_* */
 	int		 header;	/* CSV header line */
 	int		 quiet;
@@ -352,6 +353,25 @@ struct probe_stat {
 };
 
 int	probe_snapshot(pid_t root, struct probe_stat *st, int with_mem);
+int	tree_pids(pid_t root, pid_t **out);
+
+/* ---- the server-saturated regime (quota.c) -------------------------------- */
+
+struct quota {
+	int		 on;		/* the server is in the group */
+	int		 applied;	/* it was, for the measured window */
+	int		 v2;		/* cgroup v2 cpu.max, else v1 */
+	double		 pct;		/* of one core */
+	char		 dir[512];
+	char		 parent[512];
+	uint64_t	 periods0, throttled0, periods1, throttled1;
+	char		 why[200];	/* when it could not be set */
+};
+
+int	quota_apply(struct quota *q, pid_t root, double pct);
+void	quota_mark(struct quota *q, int end);
+double	quota_throttled_pct(const struct quota *q);
+void	quota_release(struct quota *q);
 
 struct perf {
 	pid_t	pid;
@@ -383,7 +403,11 @@ struct result {
 	long		 pss_base_kb;
 	double		 syscalls;	/* -1: not counted */
 	const char	*syscalls_why;
+	const struct quota *quota;
 };
+
+/* client-bound, server-saturated or neither (output.c says how). */
+const char *result_regime(const struct result *r);
 
 void	print_csv(const struct result *r);
 void	print_json(const struct result *r);

@@ -22,6 +22,14 @@
 struct bench_opts opt;
 struct bench_run bench_run;
 volatile sig_atomic_t bench_interrupted;
+static struct quota bench_quota;
+
+/* The server leaves the group whatever way we exit. */
+static void
+quota_atexit(void)
+{
+	quota_release(&bench_quota);
+}
 
 static void
 usage(FILE *f)
@@ -30,7 +38,8 @@ usage(FILE *f)
 "usage: %s [-c CONNS] [-d DEPTH] [-s SIZE] [-D SECONDS] [-W SECONDS]\n"
 "                  [-r RATE] [-i IDLE] [-T THREADS] [-E ENGINE] [--churn]\n"
 "                  [-S SERVICE]\n"
-"                  [--server-pid PID [--syscalls]] [--csv [--no-header] | --json]\n"
+"                  [--server-pid PID [--syscalls] [--server-quota PCT]]\n"
+"                  [--csv [--no-header] | --json]\n"
 "                  [--label TEXT] [-p PORT] [ADDR]\n"
 "Load an echo server and measure it.  ADDR: HOST[:PORT], [V6][:PORT] or\n"
 "unix:PATH (default 127.0.0.1:7007).\n"
@@ -48,6 +57,8 @@ usage(FILE *f)
 "      --server-pid PID   report the CPU time, scheduling and memory of PID\n"
 "                         and all its descendants\n"
 "      --syscalls         also count its system calls with perf(1)\n"
+"      --server-quota PCT  cap the server at PCT%% of one core (a cgroup CPU\n"
+"                         quota): the server-saturated regime\n"
 "      --connect-timeout SECS  give up setting up connections (30)\n"
 "      --csv, --json      machine-readable output; --no-header: CSV row only\n"
 "      --label TEXT       first column of the CSV / JSON \"label\"\n"
@@ -136,7 +147,8 @@ engine_choose(void)
 
 enum {
 	OPT_CHURN = 256, OPT_SERVER_PID, OPT_SYSCALLS, OPT_CSV, OPT_JSON,
-	OPT_NO_HEADER, OPT_LABEL, OPT_CONNECT_TIMEOUT, OPT_VERSION
+	OPT_NO_HEADER, OPT_LABEL, OPT_CONNECT_TIMEOUT, OPT_VERSION,
+	OPT_SERVER_QUOTA
 };
 
 static void
@@ -152,6 +164,7 @@ parse_args(int argc, char **argv)
 		{ "churn", 0, NULL, OPT_CHURN },
 		{ "server-pid", 1, NULL, OPT_SERVER_PID },
 		{ "syscalls", 0, NULL, OPT_SYSCALLS },
+		{ "server-quota", 1, NULL, OPT_SERVER_QUOTA },
 		{ "csv", 0, NULL, OPT_CSV }, { "json", 0, NULL, OPT_JSON },
 		{ "no-header", 0, NULL, OPT_NO_HEADER },
 		{ "label", 1, NULL, OPT_LABEL },
@@ -232,6 +245,9 @@ parse_args(int argc, char **argv)
 			opt.server_pid = parse_int("--server-pid", optarg, 1,
 			    INT_MAX, 0);
 			break;
+		case OPT_SERVER_QUOTA:
+			opt.quota = parse_double("--server-quota", optarg, 1, 100);
+			break;
 		case OPT_SYSCALLS:
 			opt.syscalls = 1;
 			break;
@@ -274,6 +290,8 @@ parse_args(int argc, char **argv)
 		bad_usage("--rate needs active connections");
 	if (opt.syscalls && !opt.server_pid)
 		bad_usage("--syscalls needs --server-pid");
+	if (opt.quota > 0 && !opt.server_pid)
+		bad_usage("--server-quota needs --server-pid");
 	if (opt.threads > opt.conns + opt.idle)
 		opt.threads = opt.conns + opt.idle;
 	engine_choose();
@@ -417,6 +435,18 @@ main(int argc, char **argv)
 		r.pss_base_kb = r.s0.pss_kb;
 		r.have_srv = 1;
 	}
+	/*
+	 * Before any connection: what the server forks or spawns for them
+	 * is born in the group.  Without a quota the run goes on in the
+	 * other regime, and the output says why.
+	 */
+	if (opt.quota > 0) {
+		if (quota_apply(&bench_quota, opt.server_pid, opt.quota) < 0)
+			fprintf(stderr, "%s: warning: %s\n", BENCH_PROG,
+			    bench_quota.why);
+		atexit(quota_atexit);
+		r.quota = &bench_quota;
+	}
 	th = threads_make();
 	for (i = 0; i < opt.threads; i++)
 		if ((rc = pthread_create(&th[i].tid, NULL, thread_main, &th[i]))) {
@@ -458,6 +488,7 @@ main(int argc, char **argv)
 	if (r.have_srv) {
 		t_a = now_ns();
 		probe_snapshot(opt.server_pid, &r.s0, 0);
+		quota_mark(&bench_quota, 0);
 		r.ts0 = (t_a + now_ns()) / 2;
 	}
 	if (perf.pid > 0) {
@@ -480,11 +511,14 @@ main(int argc, char **argv)
 		t_a = now_ns();
 		if (probe_snapshot(opt.server_pid, &r.s1, 0) < 0)
 			r.have_srv = 0;		/* it died under us */
+		quota_mark(&bench_quota, 1);
 		r.ts1 = (t_a + now_ns()) / 2;
 		/* Memory last: smaps_rollup of a thousand processes is slow. */
 		if (r.have_srv && probe_snapshot(opt.server_pid, &smem, 1) == 0)
 			r.s1.pss_kb = smem.pss_kb;
 	}
+	/* Measured: the server drains and stops at full speed. */
+	quota_release(&bench_quota);
 	atomic_store(&bench_run.stop, 1);
 	atomic_store(&bench_run.measured, 1);
 	if (perf.pid > 0) {

@@ -61,6 +61,40 @@ derive(const struct result *r, struct derived *d)
 		d->sc_msg = r->syscalls / span / rate;
 }
 
+/* The quota the server ran under, NAN for none. */
+static double
+quota_pct(const struct result *r)
+{
+	return r->quota && r->quota->applied ? r->quota->pct : NAN;
+}
+
+/*
+ * Who set the pace.  The client is the limit when its thread(s) used 90%
+ * of a core or more (the run script pins them to one).  The server is
+ * saturated when it used 80% of its quota or more, or was throttled in
+ * half its periods; without a quota, when it used 90% of a core.  Else
+ * neither was at its limit: a closed loop with few connections is bound
+ * by the round trip (each side waits for the other), not by a CPU.
+ */
+const char *
+result_regime(const struct result *r)
+{
+	struct derived d;
+	double cap = quota_pct(r);
+
+	derive(r, &d);
+	if (100 * r->client_cpu >= 90)
+		return "client-bound";
+	if (isnan(d.cpu_pct))
+		return "unknown";
+	if (!isnan(cap) && (d.cpu_pct >= 0.8 * cap ||
+	    quota_throttled_pct(r->quota) >= 50))
+		return "server-saturated";
+	if (isnan(cap) && d.cpu_pct >= 90)
+		return "server-saturated";
+	return "neither";
+}
+
 /* All figures, in one order, for CSV and JSON alike. */
 struct field {
 	const char	*name;
@@ -128,7 +162,7 @@ print_csv(const struct result *r)
 		printf("label,mode,service,addr");
 		for (i = 0; i < n; i++)
 			printf(",%s", f[i].name);
-		printf(",engine\n");
+		printf(",engine,server_quota_pct,server_throttled_pct,regime\n");
 	}
 	printf("%s,%s,%s,%s", opt.label ? opt.label : "", mode_name(),
 	    opt.proto->name, opt.addrstr);
@@ -136,7 +170,11 @@ print_csv(const struct result *r)
 		putchar(',');
 		out_num(stdout, f[i].v, f[i].prec);
 	}
-	printf(",%s\n", engine_name(r));
+	printf(",%s,", engine_name(r));
+	out_num(stdout, quota_pct(r), 0);
+	putchar(',');
+	out_num(stdout, r->quota ? quota_throttled_pct(r->quota) : NAN, 1);
+	printf(",%s\n", result_regime(r));
 }
 
 static void
@@ -172,7 +210,13 @@ print_json(const struct result *r)
 		else
 			out_num(stdout, f[i].v, f[i].prec);
 	}
-	printf(",\"engine\":\"%s\",\"syscalls_note\":", engine_name(r));
+	printf(",\"engine\":\"%s\",\"regime\":\"%s\",\"server_quota_pct\":",
+	    engine_name(r), result_regime(r));
+	if (isnan(quota_pct(r)))
+		printf("null");
+	else
+		out_num(stdout, quota_pct(r), 0);
+	printf(",\"syscalls_note\":");
 	if (r->syscalls_why)
 		json_str(r->syscalls_why);
 	else
@@ -237,5 +281,13 @@ print_table(const struct result *r)
 			    r->syscalls_why);
 	}
 	printf("  client      cpu %.1f%% of a core\n", 100 * r->client_cpu);
+	printf("  regime      %s", result_regime(r));
+	if (r->quota && r->quota->applied)
+		printf(" (server capped at %.0f%% of a core, throttled in %.0f%% "
+		    "of its periods)", r->quota->pct,
+		    quota_throttled_pct(r->quota));
+	else if (r->quota)
+		printf(" (%s)", r->quota->why);
+	printf("\n");
 }
 

@@ -44,7 +44,7 @@ proc_stat(pid_t pid, pid_t *ppid, uint64_t *cticks)
  * a child per connection).  Found by walking every /proc/N/stat parent
  * link, a few passes for grandchildren.
  */
-static int
+int
 tree_pids(pid_t root, pid_t **out)
 {
 	pid_t *pid = NULL, *ppid = NULL, *tree = NULL, p;
