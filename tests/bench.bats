@@ -361,6 +361,64 @@ path_without() { # NAME DIR
 	check_plot "$BENCH_OUT" saturated-cpu
 }
 
+@test "report: the documents' workloads: each figure present, positive, no mismatch" {
+	run_report || skip "the report did not run"
+	# Churn (kN), big messages (sS), pipelined (dD), rpc, open loop (oP):
+	# every model that ran one has its figures, and its plot is there.
+	local w f n=0
+	for w in k s d :rpc o; do
+		run awk -F, -v w="$w" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+		    function is(p) { sub(/\/q[0-9]+$/, "", p); return w == "k" ? p ~ /^k[0-9]+$/ : w == ":rpc" ? p ~ /:rpc$/ : p ~ ("^c[0-9]+.*" w "[0-9]+k?$") }
+		    $c["model"] !~ /^echo-uring-/ && is($c["point"]) { n++; p = $c["point"]
+			r = w == "k" ? $c["conns_per_s"] : $c["msgs_per_s"]
+			if (!(r > 0)) { print $c["model"] " " p ": no rate"; bad = 1 }
+			if (!($c["server_cpu_us_per_msg"] > 0)) { print $c["model"] " " p ": no CPU"; bad = 1 }
+			if ($c["mismatches"] != 0) { print $c["model"] " " p ": mismatches"; bad = 1 }
+			if (w == "o" && !($c["p99_us"] > 0 && $c["p999_us"] >= $c["p99_us"] && $c["p99_us"] >= $c["p50_us"])) { print $c["model"] " " p ": percentiles"; bad = 1 } }
+		    END { if (!n) print "none"; exit bad || !n }' "$BENCH_OUT/summary.csv"
+		assert_success
+	done
+	for f in "$BENCH_OUT"/data/workload-*.dat; do
+		n=$((n + 1))
+		command -v gnuplot >/dev/null || continue
+		w=${f##*/}
+		check_plot "$BENCH_OUT" "${w%.dat}"
+	done
+	((n >= 5)) || fail "only $n workload plots"
+	run grep -c '^### ' "$BENCH_OUT/summary.md"
+	((output >= 5)) || fail "only $output workload tables in summary.md"
+}
+
+@test "report: where the time goes: network path and own share, or why not" {
+	run_report || skip "the report did not run"
+	run sed -n '/^## Where the time goes$/,/^## /p' "$BENCH_OUT/summary.md"
+	assert_output --partial "## Where the time goes"
+	command -v gnuplot >/dev/null && check_plot "$BENCH_OUT" decomposition
+	[[ $output == *"Not measured: "* ]] && return 0
+	# Measured for some model (the busy-waiting echo-nonblock at least is
+	# always on the CPU to be sampled): both shares positive, and they add
+	# up to no more than the CPU of a run.
+	run awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+	    $c["net_us_per_msg"] != "" { n++
+		if (!($c["net_us_per_msg"] > 0 && $c["own_us_per_msg"] > 0)) { print $1 ": shares"; bad = 1 } }
+	    END { exit bad || !n }' "$BENCH_OUT/summary.csv"
+	assert_success
+}
+
+@test "report: costs.csv has every model's costs, and costs-mdoc renders them" {
+	run_report || skip "the report did not run"
+	run awk -F, 'NR == 1 { n = NF; next } NF != n { bad = 1 } $1 == "echo-epoll" && $4 > 0 { ok = 1 } END { exit bad || !ok }' \
+	    "$BENCH_OUT/costs.csv"
+	assert_success
+	run sh "$top_srcdir/tests/bench/costs-mdoc" "$BENCH_OUT/costs.csv"
+	assert_success
+	assert_line --regexp '^\.It echo-epoll Ta [0-9.]+\*? Ta '
+	assert_line ".El"
+	command -v mandoc >/dev/null || return 0
+	run bash -c "{ printf '.Dd May 1, 2026\n.Dt T 7\n.Os\n.Sh NAME\n.Nm t\n.Nd t\n.Sh COSTS, MEASURED\n'; cat; } | mandoc -T lint -W warning" <<<"$output"
+	assert_success
+}
+
 @test "report: summary.md ranks the models and describes the machine" {
 	run_report || skip "the report did not run"
 	run cat "$BENCH_OUT/summary.md"
