@@ -235,12 +235,12 @@ csv_field() { # CSV-TEXT NAME
 
 # ---- the report ------------------------------------------------------------
 
-# --quick takes well under a minute on an idle two-core machine; the
-# timeout is only there for a hang, since `make check -j` and anyone else
-# on the machine share its cores.
+# --quick takes about two minutes on an idle two-core machine (ten or
+# more on a busy one); the timeout is only there for a hang, since
+# `make check -j` and anyone else on the machine share its cores.
 run_report() {
 	[[ -f $BENCH_OUT/summary.md ]] && return 0
-	without_fd3 timeout 900 bash "$top_srcdir/tests/bench/run" --quick --out "$BENCH_OUT" \
+	without_fd3 timeout 2400 bash "$top_srcdir/tests/bench/run" --quick --out "$BENCH_OUT" \
 	    >"$BATS_FILE_TMPDIR/report.log" 2>&1
 }
 
