@@ -331,12 +331,14 @@ path_without() { # NAME DIR
 	assert_line "System calls per message: not measured: perf not installed."
 	assert_output --partial "| echo-epoll |"
 	check_plots "$out"
-	# Every run measured the rest: throughput and server CPU, no mismatch.
+	# Every run measured the rest: throughput, no mismatch, and the server
+	# CPU (which echo-bench leaves empty when a loaded machine woke it too
+	# late to time the window: most runs must have it).
 	run awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
 	    $c["server_syscalls_per_msg"] != "" { print "line " NR ": syscalls counted"; bad = 1 }
-	    !($c["server_cpu_us_per_msg"] > 0) { print "line " NR ": no server CPU"; bad = 1 }
+	    $c["server_cpu_us_per_msg"] > 0 { cpu++ }
 	    !($c["msgs_per_s"] > 0) || $c["mismatches"] != 0 { print "line " NR ": bad run"; bad = 1 }
-	    END { exit bad || NR < 4 }' "$out/raw.csv"
+	    END { if (cpu < (NR - 1) / 2) print cpu " of " NR - 1 " runs with server CPU"; exit bad || NR < 4 || cpu < (NR - 1) / 2 }' "$out/raw.csv"
 	assert_success
 }
 
