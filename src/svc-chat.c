@@ -130,15 +130,51 @@ say(struct svc_sink *sink, int to, const struct part *v, size_t nv)
  * No blank or control character, so "[NAME] text" splits at the first
  * "] "; not starting like a notice or an error line.
  */
+/*
+ * The length of the UTF-8 sequence at S (of N bytes) if it is valid and
+ * printable, else 0: no overlong form, no surrogate, nothing past
+ * U+10FFFF, no C1 control (U+0080..U+009F, which terminals obey: "\xc2\x9b"
+ * is the 8-bit CSI), no U+FEFF.  Blanks beyond ASCII are let through.
+ */
+static size_t
+utf8_printable(const uint8_t *s, size_t n)
+{
+	uint32_t cp;
+	size_t len, i;
+
+	if (s[0] < 0x80)
+		return s[0] > ' ' && s[0] != 0x7f;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		len = 2, cp = s[0] & 0x1f;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		len = 3, cp = s[0] & 0x0f;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		len = 4, cp = s[0] & 0x07;
+	else
+		return 0;
+	if (len > n)
+		return 0;
+	for (i = 1; i < len; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+	    cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ||
+	    (cp >= 0x80 && cp <= 0x9f) || cp == 0xfeff)
+		return 0;
+	return len;
+}
+
 static int
 valid_nick(const uint8_t *s, size_t n)
 {
-	size_t i;
+	size_t i, k;
 
 	if (n == 0 || n > CHAT_NICK_MAX || s[0] == '*' || s[0] == '!')
 		return 0;
-	for (i = 0; i < n; i++)
-		if (s[i] <= ' ' || s[i] == 0x7f)
+	for (i = 0; i < n; i += k)
+		if ((k = utf8_printable(s + i, n - i)) == 0)
 			return 0;
 	return 1;
 }
@@ -252,22 +288,29 @@ line_input(const struct svc_config *cfg, struct chat *st, const uint8_t *buf,
 {
 	const uint8_t *nl = memchr(buf, '\n', len);
 	size_t n = nl ? (size_t)(nl - buf) : len;
-	int r = 0;
+	int r = 0, cr;
 
 	*used = nl ? n + 1 : n;
 	if (nl)
 		st->mode = MSG_START;
+	/*
+	 * A CR that ends the line so far is not counted: it may be the CR
+	 * of a CRLF (on_line() drops it).  If more than the LF follows, it
+	 * counts then, so the limit still falls on the same byte whatever
+	 * the cuts; the line buffer holds at most max_line + 1 bytes.
+	 */
+	cr = n > 0 ? buf[n - 1] == '\r' : st->len > 0 && st->line[st->len - 1] == '\r';
 	if (st->discard)
 		st->discard = nl == NULL;	/* a refused line goes on */
-	else if (st->len + n > cfg->max_line) {
+	else if (st->len + n - (size_t)cr > cfg->max_line) {
 		/* Refused the moment it passes the limit, whatever the cut. */
 		r = too_long(cfg, st, sink);
 		st->discard = nl == NULL;
 	} else if (nl == NULL)
-		r = append(st, buf, n, cfg->max_line);
+		r = append(st, buf, n, cfg->max_line + 1);
 	else if (st->len == 0)
 		r = on_line(st, buf, n, sink);	/* whole in this read */
-	else if ((r = append(st, buf, n, cfg->max_line)) == 0) {
+	else if ((r = append(st, buf, n, cfg->max_line + 1)) == 0) {
 		r = on_line(st, st->line, st->len, sink);
 		drop_line(st);
 	}
