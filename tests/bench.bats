@@ -171,6 +171,34 @@ csv_field() { # CSV-TEXT NAME
 	stop_server
 }
 
+@test "echo-bench: --fanout counts every chat line delivered, checks each, and knows an echo server" {
+	local srv
+	for srv in echo-epoll echo-thread; do
+		SERVER_CMD=("$top_builddir/src/$srv")
+		start_server -s chat
+		run without_fd3 "$BENCH" -q --csv --fanout -c 12 -d 2 -D 0.5 -W 0.1 --server-pid "$SRV_PID" "$SRV_ADDR"
+		assert_success
+		assert_equal "$(csv_field "$output" mode)" fanout
+		assert_equal "$(csv_field "$output" service)" chat
+		assert_equal "$(csv_field "$output" mismatches)" 0
+		assert_equal "$(csv_field "$output" errors)" 0
+		# Lines reach the 11 listeners: delivered lines outnumber sent.
+		(($(csv_field "$output" msgs) > 11)) || fail "$srv: too few lines: $output"
+		stop_server
+	done
+	SERVER_CMD=("$top_builddir/src/echo-epoll")
+	start_server -s echo
+	run without_fd3 "$BENCH" -q --csv --fanout -c 3 -D 0.3 -W 0.1 --connect-timeout 1 "$SRV_ADDR"
+	assert_equal "$status" 1
+	output=$(grep -v '^echo-bench: warning' <<<"$output")	# no welcome: set-up times out
+	(($(csv_field "$output" mismatches) >= 1)) || fail "an echo server passed as chat: $output"
+	stop_server
+	run without_fd3 "$BENCH" --fanout -c 1 127.0.0.1:1
+	assert_equal "$status" 64
+	run without_fd3 "$BENCH" -S chat 127.0.0.1:1
+	assert_equal "$status" 64
+}
+
 @test "echo-bench: --json is one object with the CSV's figures" {
 	start_server
 	run without_fd3 "$BENCH" -q --json -c 2 -D 0.2 -W 0 "$SRV_ADDR"
@@ -369,9 +397,9 @@ path_without() { # NAME DIR
 	# Churn (kN), big messages (sS), pipelined (dD), rpc, open loop (oP):
 	# every model that ran one has its figures, and its plot is there.
 	local w f n=0
-	for w in k s d :rpc o; do
+	for w in k s d :rpc o f; do
 		run awk -F, -v w="$w" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
-		    function is(p) { sub(/\/q[0-9]+$/, "", p); return w == "k" ? p ~ /^k[0-9]+$/ : w == ":rpc" ? p ~ /:rpc$/ : p ~ ("^c[0-9]+.*" w "[0-9]+k?$") }
+		    function is(p) { sub(/\/q[0-9]+$/, "", p); return w == "k" ? p ~ /^k[0-9]+$/ : w == "f" ? p ~ /^f[0-9]+$/ : w == ":rpc" ? p ~ /:rpc$/ : p ~ ("^c[0-9]+.*" w "[0-9]+k?$") }
 		    $c["model"] !~ /^echo-uring-/ && is($c["point"]) { n++; p = $c["point"]
 			r = w == "k" ? $c["conns_per_s"] : $c["msgs_per_s"]
 			if (!(r > 0)) { print $c["model"] " " p ": no rate"; bad = 1 }

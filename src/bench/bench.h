@@ -103,7 +103,7 @@ double	hist_quantile(const struct hist *h, double q);
 
 /* ---- options ------------------------------------------------------------ */
 
-enum bench_mode { MODE_CLOSED, MODE_OPEN, MODE_CHURN };
+enum bench_mode { MODE_CLOSED, MODE_OPEN, MODE_CHURN, MODE_FANOUT };
 enum bench_engine { ENGINE_AUTO, ENGINE_EPOLL, ENGINE_URING };
 enum bench_out { OUT_TABLE, OUT_CSV, OUT_JSON };
 
@@ -341,6 +341,9 @@ void	bconn_connected(struct bthread *t, struct bench_conn *c);
 void	bconn_input(struct bthread *t, struct bench_conn *c, const uint8_t *buf,
 	    size_t n, int64_t now);
 void	*thread_main(void *arg);
+
+/* --fanout: the chat room, one talker (fanout.c). */
+void	*fanout_main(void *arg);
 
 /* ---- the server, through /proc and perf (probe.c) ------------------------- */
 

@@ -51,6 +51,8 @@ usage(FILE *f)
 "  -r, --rate MSGS        open loop: total messages per second\n"
 "  -i, --idle N           idle connections (echo one byte, then silent)\n"
 "      --churn            connect, echo one message, close: connections/s\n"
+"      --fanout           a -s chat server: connection 1 talks, the others\n"
+"                         listen; lines delivered/s (depth: lines ahead)\n"
 "  -T, --threads N        load threads (1)\n"
 "  -E, --engine NAME      auto (io_uring if it can, else epoll), epoll, uring\n"
 "  -S, --service NAME     echo, upper, rpc or rpc-le (what is sent, how replies are checked)\n"
@@ -148,7 +150,7 @@ engine_choose(void)
 enum {
 	OPT_CHURN = 256, OPT_SERVER_PID, OPT_SYSCALLS, OPT_CSV, OPT_JSON,
 	OPT_NO_HEADER, OPT_LABEL, OPT_CONNECT_TIMEOUT, OPT_VERSION,
-	OPT_SERVER_QUOTA
+	OPT_SERVER_QUOTA, OPT_FANOUT
 };
 
 static void
@@ -162,6 +164,7 @@ parse_args(int argc, char **argv)
 		{ "service", 1, NULL, 'S' }, { "port", 1, NULL, 'p' },
 		{ "quiet", 0, NULL, 'q' }, { "help", 0, NULL, 'h' },
 		{ "churn", 0, NULL, OPT_CHURN },
+		{ "fanout", 0, NULL, OPT_FANOUT },
 		{ "server-pid", 1, NULL, OPT_SERVER_PID },
 		{ "syscalls", 0, NULL, OPT_SYSCALLS },
 		{ "server-quota", 1, NULL, OPT_SERVER_QUOTA },
@@ -174,7 +177,7 @@ parse_args(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *target = "127.0.0.1", *svc = "echo";
-	int ch, port = BENCH_PORT, churn = 0;
+	int ch, port = BENCH_PORT, churn = 0, fanout = 0;
 
 	opt.conns = 50;
 	opt.depth = 1;
@@ -241,6 +244,9 @@ parse_args(int argc, char **argv)
 		case OPT_CHURN:
 			churn = 1;
 			break;
+		case OPT_FANOUT:
+			fanout = 1;
+			break;
 		case OPT_SERVER_PID:
 			opt.server_pid = parse_int("--server-pid", optarg, 1,
 			    INT_MAX, 0);
@@ -281,9 +287,23 @@ parse_args(int argc, char **argv)
 	net_addr_str(&opt.addr, opt.addrstr, sizeof(opt.addrstr));
 	if ((opt.proto = wire_proto(svc)) == NULL)
 		bad_usage("unknown service '%s' (echo, upper, rpc, rpc-le)", svc);
+	if (strcmp(opt.proto->name, "chat") == 0 && !fanout)
+		bad_usage("-S chat: only with --fanout");
 	if (churn && opt.rate > 0)
 		bad_usage("--churn and --rate do not mix");
 	opt.mode = churn ? MODE_CHURN : opt.rate > 0 ? MODE_OPEN : MODE_CLOSED;
+	if (fanout) {
+		if (churn || opt.rate > 0 || opt.idle)
+			bad_usage("--fanout does not mix with --churn, --rate or --idle");
+		if (opt.conns < 2)
+			bad_usage("--fanout needs a talker and a listener: -c 2 or more");
+		if (opt.engine == ENGINE_URING)
+			bad_usage("-E uring: the fan-out runs on epoll");
+		opt.mode = MODE_FANOUT;
+		opt.proto = wire_proto("chat");
+		opt.engine = ENGINE_EPOLL;
+		opt.threads = 1;
+	}
 	if (opt.conns == 0 && opt.idle == 0)
 		bad_usage("nothing to do: -c 0 and no idle connections");
 	if (opt.mode == MODE_OPEN && opt.conns == 0)
@@ -449,7 +469,8 @@ main(int argc, char **argv)
 	}
 	th = threads_make();
 	for (i = 0; i < opt.threads; i++)
-		if ((rc = pthread_create(&th[i].tid, NULL, thread_main, &th[i]))) {
+		if ((rc = pthread_create(&th[i].tid, NULL, opt.mode == MODE_FANOUT ?
+		    fanout_main : thread_main, &th[i]))) {
 			fprintf(stderr, "%s: pthread_create: %s\n", BENCH_PROG,
 			    strerror(rc));
 			return 71;
@@ -548,7 +569,7 @@ main(int argc, char **argv)
 		if (t->last_err)
 			r.last_err = t->last_err;
 		r.ring_threads += t->used_ring;
-		if (opt.mode != MODE_CHURN)
+		if (opt.mode != MODE_CHURN && opt.mode != MODE_FANOUT)
 			for (k = 0; k < t->nactive; k++)
 				r.stalled += t->conns[k].state != BC_DEAD &&
 				    t->conns[k].done_win == 0;

@@ -26,7 +26,8 @@ static const char *
 mode_name(void)
 {
 	return opt.mode == MODE_OPEN ? "open" :
-	    opt.mode == MODE_CHURN ? "churn" : "closed";
+	    opt.mode == MODE_CHURN ? "churn" :
+	    opt.mode == MODE_FANOUT ? "fanout" : "closed";
 }
 
 /*

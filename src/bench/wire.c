@@ -141,6 +141,8 @@ static const struct bench_proto bench_protos[] = {
 	{ "upper", proto_stream_init, proto_upper_check },
 	{ "rpc", proto_rpc_init, proto_echo_check },
 	{ "rpc-le", proto_rpc_le_init, proto_echo_check },
+	/* --fanout checks its chat lines itself (fanout.c). */
+	{ "chat", proto_stream_init, proto_echo_check },
 	{ NULL, NULL, NULL }
 };
 
