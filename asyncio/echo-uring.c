@@ -824,7 +824,6 @@ conn_new(struct worker *w, int fd)
 		c->peer = strdup(net_addr_str(&peer, buf, sizeof(buf)));
 		c->sink.peer = c->peer;
 	}
-	(void)net_set_nodelay(fd);
 	w->nalloc++;
 	w->st.accepts++;
 	if (s->max_conns && w->nconns >= s->max_conns) {
@@ -2043,6 +2042,7 @@ static const struct srv_model model = {
 	.caps = SRV_CAP_WORKERS | SRV_CAP_BROADCAST,
 	.default_workers = 1,
 	.workers_help = "worker threads, each with its own ring and SO_REUSEPORT listener (default 1)",
+	.unavailable = "address or io_uring unavailable",
 	.options = uring_opts,
 	.on_option = uring_option,
 };

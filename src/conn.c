@@ -359,7 +359,6 @@ conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 	ssize_t n;
 	int r = 0, opened;
 
-	(void)net_set_nodelay(fd);
 	if (s->idle_timeout > 0)
 		set_timeouts(fd, s->idle_timeout * 1000);
 	sink.peer = b.peer = peer ? net_addr_str(peer, name, sizeof(name)) : "";
@@ -1265,7 +1264,6 @@ conn_accept(struct conn_loop *lp)
 			continue;
 		}
 		lp->progress++;
-		(void)net_set_nodelay(fd);
 		c = conn_new(lp, fd, &peer);
 		if (c == NULL) {
 			srv_warn(s, "cannot register a connection: %s",

@@ -101,9 +101,11 @@ usage(const struct srv *s, FILE *f)
 	const struct srv_option *o;
 	size_t i;
 
-	fprintf(f, "usage: %s [-l ADDR] [-p PORT] [-s SERVICE] [-w N] [-b BACKLOG]\n"
+	/* -w only where the model has workers: the others refuse it (64). */
+	fprintf(f, "usage: %s [-l ADDR] [-p PORT] [-s SERVICE]%s [-b BACKLOG]\n"
 	    "       %*s [-m MAX_CONNS] [-B BUFSIZE] [-t IDLE_SECONDS] [-q | -v] [OPTIONS]\n",
-	    s->prog, (int)strlen(s->prog), "");
+	    s->prog, (m->caps & SRV_CAP_WORKERS) ? " [-w N]" : "",
+	    (int)strlen(s->prog), "");
 	if (f != stdout)
 		return;
 	fprintf(f, "%s\n\n", m->summary);
@@ -119,8 +121,9 @@ usage(const struct srv *s, FILE *f)
 	}
 	for (o = m->options; o && o->name; o++)
 		print_opt(f, o->key, o->name, o->argname, o->help);
-	fprintf(f, "\nExit status: 0 after SIGINT/SIGTERM, 64 bad usage, "
-	    "69 address unavailable, 71 other OS error.\n");
+	fprintf(f, "\nExit status: 0 after SIGINT/SIGTERM/SIGHUP, 64 bad usage, "
+	    "69 %s, 71 other OS error.\n",
+	    m->unavailable ? m->unavailable : "address unavailable");
 }
 
 void
@@ -385,17 +388,28 @@ srv_init(struct srv *s, const struct srv_model *m, int argc, char **argv,
 }
 
 /*
- * --sndbuf/--rcvbuf go on the listener: accepted sockets inherit its
- * buffer sizes (and the lock that stops the kernel from auto-tuning
- * them), and the receive window it advertises in the SYN-ACK follows.
- * Small buffers make every model queue output in user space early: the
- * tests use them to make short writes and half-close races certain.
+ * Options set once on the listener instead of on every accepted socket:
+ * Linux copies the listener's socket options into each connection it
+ * accepts (the child socket is a clone of the listener), so a new
+ * connection costs no setsockopt of its own.
+ *
+ * TCP_NODELAY: Nagle would hold back a small echo until the previous one
+ * is acknowledged (up to 40 ms with the client's delayed ACKs).
+ *
+ * --sndbuf/--rcvbuf: accepted sockets inherit the buffer sizes (and the
+ * lock that stops the kernel from auto-tuning them), and the receive
+ * window advertised in the SYN-ACK follows.  Small buffers make every
+ * model queue output in user space early: the tests use them to make
+ * short writes and half-close races certain.
  */
 static int
-listener_bufs(const struct srv *s, int fd)
+listener_opts(const struct srv *s, int fd)
 {
 	int r;
 
+	if (fd >= 0 && s->addr.ss.ss_family != AF_UNIX &&
+	    (r = net_set_nodelay(fd)) < 0)
+		srv_warn(s, "TCP_NODELAY: %s", strerror(-r));
 	if (fd >= 0 && (s->sndbuf || s->rcvbuf) &&
 	    (r = net_set_bufsizes(fd, s->sndbuf, s->rcvbuf)) < 0)
 		srv_warn(s, "--sndbuf/--rcvbuf: %s", strerror(-r));
@@ -482,7 +496,7 @@ srv_listen(struct srv *s, int flags)
 			goto oserr;
 		if (net_local_addr(fd, &s->addr) < 0)
 			goto oserr;
-		return listener_bufs(s, fd);
+		return listener_opts(s, fd);
 	}
 	if (separate_workers(s) && s->addr.ss.ss_family != AF_UNIX) {
 		/*
@@ -524,7 +538,7 @@ srv_listen(struct srv *s, int flags)
 	 * for the workers' listeners, which must bind that same port. */
 	if (s->addr.ss.ss_family != AF_UNIX && net_local_addr(fd, &s->addr) < 0)
 		goto oserr;
-	return listener_bufs(s, fd);
+	return listener_opts(s, fd);
 oserr:
 	fprintf(stderr, "%s: listening socket: %s\n", s->prog, strerror(errno));
 	exit(SRV_EX_OSERR);
@@ -539,7 +553,7 @@ srv_listen_again(struct srv *s, int first, int flags)
 		fd = fcntl(first, F_DUPFD_CLOEXEC, 0);
 		return fd < 0 ? -errno : fd;
 	}
-	return listener_bufs(s,
+	return listener_opts(s,
 	    net_listen(&s->addr, s->backlog, flags | NET_REUSEPORT));
 }
 

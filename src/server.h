@@ -70,6 +70,8 @@ struct srv_model {
 	unsigned		 caps;
 	int			 default_workers;
 	const char		*workers_help;	/* what -w counts */
+	const char		*unavailable;	/* --help: what exit 69 means, if
+						   more than "address unavailable" */
 	const struct srv_option	*options;	/* NULL-name terminated, or NULL */
 	srv_option_fn		 on_option;
 };

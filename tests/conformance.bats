@@ -161,6 +161,21 @@ stderr: $stderr"
 	stop_server
 }
 
+# Linux copies a listener's options into every socket it accepts, so
+# TCP_NODELAY is set once on the listener and a new connection costs no
+# setsockopt of its own (what echo-uring(1) and iomodels(7) claim).
+@test "TCP_NODELAY: on the listener, and inherited by accepted sockets" {
+	start_server
+	run without_fd3 python3 "$top_srcdir/tests/helpers/sockopts.py" "$SRV_PID" "$SRV_ADDR"
+	((status != 77)) || skip "cannot inspect the server's sockets: $output"
+	assert_success
+	assert_line "listener 1"
+	# echo-uring may hold the connection as a registered (direct)
+	# descriptor, which no file table shows.
+	[[ $NAME == echo-uring ]] || assert_line "conn 1"
+	stop_server
+}
+
 @test "an address in use: exit 69 with the address in the message" {
 	start_server
 	local port=${SRV_ADDR##*:}
