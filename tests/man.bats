@@ -154,3 +154,130 @@ pages() {
 	done
 	((bad == 0)) || fail "$bad option(s) undocumented"
 }
+
+# ---- --help and the page agree, both ways ------------------------------------
+
+# The options a program's --help lists, one line per entry, aliases
+# together: "-b --backlog", "--highwater", "-h --help --version".
+help_entries() { # BIN
+	"$1" --help 2>/dev/null | awk '
+	/^[ \t]+-/ {
+		s = $0
+		sub(/^[ \t]+/, "", s)
+		line = ""
+		while (match(s, /^--?[A-Za-z0-9][-A-Za-z0-9]*/)) {
+			line = line (line == "" ? "" : " ") substr(s, 1, RLENGTH)
+			s = substr(s, RLENGTH + 1)
+			if (s !~ /^, */)
+				break
+			sub(/^, */, "", s)
+		}
+		print line
+	}'
+}
+
+# The options an mdoc page names in section SECT (SYNOPSIS: every line;
+# other sections: the .It lines of their lists), as -x and --name:
+# ".Fl -name" is --name, ".Fl x" is -x, ".Op Fl q | v" is -q and -v.
+page_options() { # PAGE SECT
+	awk -v sect="$2" '
+	/^\.Sh / { insect = ($0 == ".Sh " sect); next }
+	!insect { next }
+	sect != "SYNOPSIS" && !/^\.It / { next }
+	{
+		fl = 0
+		for (i = 1; i <= NF; i++) {
+			t = $i
+			if (i == 1)
+				sub(/^\./, "", t)
+			if (t == "Fl") { fl = 1; continue }
+			if (!fl) continue
+			if (t ~ /^\.?[A-Z][a-z]$/) { fl = 0; continue }
+			if (t == "|") continue
+			sub(/[,;.)]+$/, "", t)
+			if (t ~ /^-[a-z][-a-z0-9]*$/)
+				print "-" t
+			else if (t ~ /^[A-Za-z0-9]+$/)
+				for (j = 1; j <= length(t); j++)
+					print "-" substr(t, j, 1)
+			else
+				fl = 0
+		}
+	}' "$1" | sort -u
+}
+
+@test "man: --help and the page's SYNOPSIS and OPTIONS list the same options" {
+	local p bin d entries all syn named shared e o found bad=0
+	for p in $(installed_programs); do
+		bin=
+		for d in src asyncio; do
+			[[ -x $top_builddir/$d/$p ]] && bin=$top_builddir/$d/$p
+		done
+		[[ -n $bin && -f $MANDIR/$p.1 ]] || continue
+		entries=$(help_entries "$bin")
+		[[ -n $entries ]] || { echo "$p: --help lists no option"; bad=$((bad + 1)); continue; }
+		all=$(tr ' ' '\n' <<<"$entries" | sort -u)
+		syn=$(page_options "$MANDIR/$p.1" SYNOPSIS)
+		# Every entry of --help is in the SYNOPSIS, by one of its names...
+		while read -r e; do
+			found=
+			for o in $e; do
+				grep -qxF -- "$o" <<<"$syn" && found=1
+			done
+			[[ -n $found ]] && continue
+			echo "$p: '$e' is in --help but not in the SYNOPSIS of $p.1"
+			bad=$((bad + 1))
+		done <<<"$entries"
+		# ...and every option the page names is one --help lists.
+		named=$(sort -u <(echo "$syn") <(page_options "$MANDIR/$p.1" OPTIONS))
+		for o in $(comm -13 <(echo "$all") <(echo "$named")); do
+			echo "$p: $o is in $p.1 but not in --help"
+			bad=$((bad + 1))
+		done
+		# A server takes every shared option iomodels.7 describes (-w
+		# only where it has workers: the others refuse it).
+		[[ $p == echo-* && $p != echo-bench ]] || continue
+		shared=$(page_options "$MANDIR/iomodels.7" "THE SHARED COMMAND LINE")
+		grep -qxF -- -w <<<"$all" || shared=$(grep -vx -e -w -e --workers <<<"$shared")
+		for o in $(comm -13 <(echo "$all") <(echo "$shared")); do
+			echo "$p: $o is in iomodels.7's shared command line but not in --help"
+			bad=$((bad + 1))
+		done
+	done
+	((bad == 0)) || fail "$bad disagreement(s) between --help and the pages"
+}
+
+# Exit codes: the numbers (0, 1, 64-78) in --help's "Exit status" line
+# and in the page's EXIT STATUS section are the same set; the README's
+# line on the servers' exit status names the servers' codes.
+exit_codes() { # TEXT on stdin
+	grep -oE '(^|[^0-9.])(0|1|6[4-9]|7[0-8])([^0-9.]|$)' | tr -cd '0-9\n' | sort -un
+}
+
+@test "man: --help, the page and the README agree on exit codes" {
+	local p bin d help page bad=0 readme
+	for p in $(installed_programs); do
+		bin=
+		for d in src asyncio; do
+			[[ -x $top_builddir/$d/$p ]] && bin=$top_builddir/$d/$p
+		done
+		[[ -n $bin && -f $MANDIR/$p.1 ]] || continue
+		help=$("$bin" --help 2>/dev/null | sed -n 's/^Exit status: //p' | exit_codes)
+		[[ -n $help ]] || continue
+		page=$(awk '/^\.Sh EXIT STATUS/ { p = 1; next } /^\.Sh/ { p = 0 } p' \
+		    "$MANDIR/$p.1" | exit_codes)
+		if [[ $help != "$page" ]]; then
+			echo "$p: --help says exit" $help "; $p.1 says" $page
+			bad=$((bad + 1))
+		fi
+	done
+	readme=$(grep -A6 '^`-p 0` binds' "$top_srcdir/README.md" | tr '\n' ' ' |
+	    sed -n 's/.*Exit status: *//p' | sed 's/\.  .*//' | exit_codes)
+	page=$(awk '/^\.Sh EXIT STATUS/ { p = 1; next } /^\.Sh/ { p = 0 } p' \
+	    "$MANDIR/iomodels.7" | exit_codes)
+	if [[ $readme != "$page" ]]; then
+		echo "README says the servers exit" $readme "; iomodels.7 says" $page
+		bad=$((bad + 1))
+	fi
+	((bad == 0)) || fail "$bad disagreement(s) on exit codes"
+}

@@ -62,8 +62,10 @@ usage(FILE *f)
 "      --server-quota PCT  cap the server at PCT%% of one core (a cgroup CPU\n"
 "                         quota): the server-saturated regime\n"
 "      --connect-timeout SECS  give up setting up connections (30)\n"
-"      --csv, --json      machine-readable output; --no-header: CSV row only\n"
+"      --csv, --json      machine-readable output\n"
+"      --no-header        --csv: the row only, no header line\n"
 "      --label TEXT       first column of the CSV / JSON \"label\"\n"
+"  -p, --port PORT        port, when ADDR has none (7007)\n"
 "  -q, --quiet            no progress messages on stderr\n"
 "  -h, --help, --version\n", BENCH_PROG);
 }

@@ -7,12 +7,44 @@
 # and, if the test fails, killed.
 #
 # Environment: top_builddir, top_srcdir (set by `make check` and run-bats).
+# Run by hand (`bats tests/models.bats`), they are found from the tree:
+# the source tree is the parent of tests/, and the build is the current
+# directory if it was configured there, else the source tree itself (an
+# in-tree ./configure && make).  The test programs `make` leaves out
+# (check_PROGRAMS, such as iotest) are then built on first use.
 
 bats_load_library bats-support
 bats_load_library bats-assert
 
-: "${top_builddir:?top_builddir is not set (run through make check or tests/run-bats)}"
-: "${top_srcdir:?top_srcdir is not set}"
+find_build() {
+	: "${top_srcdir:=$(cd "$BATS_TEST_DIRNAME/.." && pwd)}"
+	if [[ -z ${top_builddir:-} ]]; then
+		if [[ -f $PWD/config.status && -f $PWD/Makefile ]]; then
+			top_builddir=$PWD
+		elif [[ -f $top_srcdir/config.status && -f $top_srcdir/Makefile ]]; then
+			top_builddir=$top_srcdir
+		else
+			echo "no build found: run ./configure && make in $top_srcdir" \
+			    "(or bats from a build directory, or set top_builddir)" >&2
+			return 1
+		fi
+	fi
+	export top_srcdir top_builddir
+	# Without make check's environment: liburing is there if its server is.
+	if [[ -z ${HAVE_LIBURING:-} ]]; then
+		HAVE_LIBURING=no
+		[[ -x $top_builddir/asyncio/echo-uring ]] && HAVE_LIBURING=yes
+		export HAVE_LIBURING
+	fi
+	if [[ ! -x $top_builddir/tests/helpers/iotest ]]; then
+		env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+		    make -s -C "$top_builddir" tests/helpers/iotest >&2 || {
+			echo "cannot build tests/helpers/iotest in $top_builddir" >&2
+			return 1
+		}
+	fi
+}
+find_build || return 1
 
 IOTEST=$top_builddir/tests/helpers/iotest
 READY_TIMEOUT=${READY_TIMEOUT:-15}	# seconds to wait for the readiness line
