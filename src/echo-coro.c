@@ -771,7 +771,6 @@ sched_accept(void)
 			srv_warn(s, "accept: %s", strerror(-fd));
 			return;
 		}
-		(void)net_set_nodelay(fd);
 		if ((c = coro_new(fd, &peer)) == NULL) {
 			srv_warn(s, "cannot start a coroutine: %s",
 			    strerror(errno));
