@@ -1,8 +1,7 @@
 /*
- * conn — a connection served by a blocking caller, or by a readiness
- * loop.  See conn.h.
+ * conn — a connection in a readiness loop.  See conn.h.
  *
- * The readiness half is the machinery of a one-thread server: output that
+ * The machinery of a one-thread server: output that
  * the kernel did not take is queued per connection, a connection that
  * queues too much is no longer read (backpressure), EOF waits for the
  * output (half-close), an error reply is followed by a lingering close,
@@ -12,700 +11,19 @@
 #include "config.h"
 
 #include <errno.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "conn.h"
 
 #define READS_PER_EVENT		16	/* then let the other connections run */
 #define ACCEPTS_PER_EVENT	64
-#define LINGER_MS		2000
-#define STOP_GRACE_MS		2000
-#define EMFILE_WAIT_MS		1000
 #define MIN_CHUNK		4096
-
-static int
-is_reset(int err)
-{
-	return err == EPIPE || err == ECONNRESET || err == ENOTCONN ||
-	    err == ETIMEDOUT;
-}
-
-/* ---- blocking ------------------------------------------------------------ */
-
-/*
- * Output other threads queued for a connection.  One copy per recipient:
- * a chunk is freed by the thread that wrote it, whenever that is.  Unlike
- * the readiness loops' conn_chunk, a chunk is never appended to once
- * queued: its owner writes it outside the lock, so its bytes and length
- * must not change under that write.
- */
-struct bchunk {
-	struct bchunk	*next;
-	size_t		 len;
-	uint8_t		 data[];
-};
-
-struct bconn {
-	int		 fd;
-	int		 werr;		/* the reply failed: no lingering close */
-	const struct srv *srv;
-	const char	*peer;
-
-	/* Broadcast services only (a registry was given). */
-	struct conn_reg	*reg;
-	int		 efd;		/* eventfd: the queue became non-empty */
-	pthread_mutex_t	 mu;		/* the queue, pending, doomed */
-	struct bchunk	*head, *tail;
-	size_t		 pending;	/* bytes queued, not yet written */
-	int		 writing;	/* a thread is writing to fd */
-	int		 doomed;	/* past --max-pending: shut down */
-};
-
-/*
- * With a broadcast service, other clients' threads write to this socket
- * too (bconn_queue).  Two writers must not interleave their bytes: the
- * socket's write side belongs to whoever set WRITING under the lock, and
- * a broadcaster that finds it taken queues its bytes instead.
- */
-static void
-bconn_writing(struct bconn *b, int on)
-{
-	if (b->reg == NULL)
-		return;
-	pthread_mutex_lock(&b->mu);
-	b->writing = on;
-	pthread_mutex_unlock(&b->mu);
-}
-
-static int
-bconn_reply(struct svc_sink *sink, const void *buf, size_t len)
-{
-	struct bconn *b = sink->conn;
-	ssize_t n;
-
-	bconn_writing(b, 1);
-	n = net_write_all(b->fd, buf, len);
-	bconn_writing(b, 0);
-	if (n == (ssize_t)len)
-		return 0;
-	b->werr = n < 0 ? (int)-n : EPIPE;
-	return -b->werr;
-}
-
-static void
-set_timeouts(int fd, int ms)
-{
-	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = ms % 1000 * 1000 };
-
-	/*
-	 * A blocking read() or write() then fails with EAGAIN after MS
-	 * without progress: the idle timeout of a model that has no loop
-	 * to keep time in.
-	 */
-	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-}
-
-/*
- * The service asked to close after its error reply.  close() with unread
- * input sends RST, which may destroy that reply in the client's receive
- * buffer: send FIN, and read and discard until the client closes too, for
- * at most LINGER_MS.
- */
-static void
-bconn_linger(int fd, uint8_t *buf, size_t size)
-{
-	int64_t end = srv_now_ms() + LINGER_MS, left;
-
-	if (shutdown(fd, SHUT_WR) < 0)
-		return;
-	while ((left = end - srv_now_ms()) > 0) {
-		set_timeouts(fd, (int)left);
-		if (net_read_some(fd, buf, size) <= 0)
-			break;
-	}
-}
-
-/*
- * Send BUF to B, from another client's thread, with the registry locked
- * (so B's descriptors stay open: B leaves the registry under that lock
- * before its thread closes them).  When nothing is queued for B and no
- * one is writing to it, a non-blocking send() hands the bytes to the
- * kernel at once, as a readiness loop would; what the kernel does not
- * take is copied to B's queue, for B's own thread to write.  Only that
- * queue counts against --max-pending (the kernel's socket buffer is not
- * the client's fault).  Past it, B is not reading: shutting its socket
- * down wakes its thread wherever it blocks (poll() sees EOF, a write
- * fails with EPIPE), and it leaves the room.
- */
-static void
-bconn_queue(struct bconn *b, const uint8_t *buf, size_t len)
-{
-	const struct srv *s = b->srv;
-	struct bchunk *c = NULL;
-	size_t pending;
-	ssize_t n;
-	int wake = 0, doom = 0;
-
-	pthread_mutex_lock(&b->mu);
-	if (b->doomed)
-		goto out;
-	if (b->head == NULL && !b->writing) {
-		n = send(b->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-		if (n < 0 && errno != EAGAIN && errno != EINTR)
-			goto out;	/* B's own thread will see the error */
-		if (n > 0) {
-			buf += n;
-			len -= (size_t)n;
-		}
-		if (len == 0)
-			goto out;
-	}
-	pending = b->pending;
-	if (pending + len > s->svc_cfg.max_pending ||
-	    (c = malloc(sizeof(*c) + len)) == NULL)
-		doom = b->doomed = 1;
-	else {
-		c->next = NULL;
-		c->len = len;
-		memcpy(c->data, buf, len);
-		if (b->tail)
-			b->tail->next = c;
-		else
-			b->head = c;
-		b->tail = c;
-		/* Only the first chunk needs a wake-up: the flush runs until
-		 * the queue is empty. */
-		wake = b->pending == 0;
-		b->pending += len;
-	}
-out:
-	pthread_mutex_unlock(&b->mu);
-	if (doom) {
-		srv_log(s, "%s: %zu bytes of output pending, not reading: "
-		    "disconnected", b->peer, pending);
-		(void)shutdown(b->fd, SHUT_RDWR);
-	}
-	if (wake)
-		(void)eventfd_write(b->efd, 1);
-}
-
-static int
-bconn_broadcast(struct svc_sink *sink, const void *buf, size_t len)
-{
-	struct bconn *self = sink->conn;
-	struct conn_reg *r = self->reg;
-	size_t i;
-
-	pthread_mutex_lock(&r->mu);
-	for (i = 0; i < r->n; i++)
-		if (r->slots[i].b != NULL && r->slots[i].b != self)
-			bconn_queue(r->slots[i].b, buf, len);
-	pthread_mutex_unlock(&r->mu);
-	return 0;
-}
-
-/*
- * Write what the others queued for this client, in its own thread and
- * with blocking writes: a client that does not read stalls only the
- * thread that serves it.  A chunk leaves the queue (and --max-pending's
- * count) once written, so a stalled write keeps counting against the cap.
- */
-static int
-bconn_flush(struct bconn *b)
-{
-	struct bchunk *c;
-	ssize_t n;
-
-	for (;;) {
-		pthread_mutex_lock(&b->mu);
-		c = b->head;
-		b->writing = c != NULL;
-		pthread_mutex_unlock(&b->mu);
-		if (c == NULL)
-			return 0;
-		n = net_write_all(b->fd, c->data, c->len);
-		pthread_mutex_lock(&b->mu);
-		b->head = c->next;
-		if (b->head == NULL)
-			b->tail = NULL;
-		b->pending -= c->len;
-		b->writing = 0;
-		pthread_mutex_unlock(&b->mu);
-		if (n != (ssize_t)c->len) {
-			free(c);
-			b->werr = n < 0 ? (int)-n : EPIPE;
-			return -1;
-		}
-		free(c);
-	}
-}
-
-/* Give B a queue and put it in the slot conn_reg_add() made for its fd. */
-static int
-bconn_attach(struct bconn *b, struct conn_reg *r)
-{
-	size_t i;
-
-	b->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (b->efd < 0)
-		return -errno;
-	if (pthread_mutex_init(&b->mu, NULL) != 0) {
-		close(b->efd);
-		return -ENOMEM;
-	}
-	b->reg = r;
-	/*
-	 * Hold the write side until svc_open() has run: the others' lines
-	 * queue behind this client's welcome instead of racing ahead of it.
-	 */
-	b->writing = 1;
-	pthread_mutex_lock(&r->mu);
-	for (i = 0; i < r->n && r->slots[i].fd != b->fd; i++)
-		;
-	if (i < r->n)
-		r->slots[i].b = b;
-	pthread_mutex_unlock(&r->mu);
-	return 0;
-}
-
-static void
-bconn_detach(struct bconn *b)
-{
-	struct conn_reg *r = b->reg;
-	struct bchunk *c;
-	size_t i;
-
-	pthread_mutex_lock(&r->mu);
-	for (i = 0; i < r->n; i++)
-		if (r->slots[i].b == b)
-			r->slots[i].b = NULL;
-	pthread_mutex_unlock(&r->mu);
-	/* Nobody can reach B now. */
-	while ((c = b->head) != NULL) {
-		b->head = c->next;
-		free(c);
-	}
-	pthread_mutex_destroy(&b->mu);
-	close(b->efd);
-	b->efd = -1;
-}
-
-/*
- * Wait until the client sent something (> 0, read into BUF) or is gone
- * (0: EOF, error or idle; logged).  Without a registry, a blocking read.
- * With one, poll() on the socket and on the eventfd, and write what the
- * others queued in between.
- */
-static ssize_t
-bconn_read(struct bconn *b, uint8_t *buf, size_t size)
-{
-	const struct srv *s = b->srv;
-	struct pollfd pfd[2] = {
-		{ .fd = b->fd, .events = POLLIN },
-		{ .fd = b->reg ? b->efd : -1, .events = POLLIN },
-	};
-	eventfd_t v;
-	ssize_t n;
-	int r;
-
-	while (b->reg != NULL) {
-		r = poll(pfd, 2, s->idle_timeout > 0 ? s->idle_timeout * 1000 : -1);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r == 0) {
-			srv_debug(s, "%s idle for %d s: closing", b->peer,
-			    s->idle_timeout);
-			return 0;
-		}
-		if (r < 0)
-			return 0;
-		if (pfd[1].revents) {
-			(void)eventfd_read(b->efd, &v);
-			if (bconn_flush(b) < 0)
-				return 0;
-		}
-		if (pfd[0].revents)
-			break;
-	}
-	n = net_read_some(b->fd, buf, size);
-	if (n == -EAGAIN)
-		srv_debug(s, "%s idle for %d s: closing", b->peer,
-		    s->idle_timeout);
-	else if (n < 0 && !is_reset((int)-n))
-		srv_debug(s, "%s: read: %s", b->peer, strerror((int)-n));
-	return n < 0 ? 0 : n;
-}
-
-void
-conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
-    uint8_t *buf, struct conn_reg *reg)
-{
-	char name[NET_ADDRSTRLEN];
-	struct bconn b = { .fd = fd, .srv = s, .efd = -1 };
-	struct svc_sink sink = { .reply = bconn_reply, .conn = &b };
-	void *state = NULL;
-	ssize_t n;
-	int r = 0, opened;
-
-	if (s->idle_timeout > 0)
-		set_timeouts(fd, s->idle_timeout * 1000);
-	sink.peer = b.peer = peer ? net_addr_str(peer, name, sizeof(name)) : "";
-	if (s->svc->state_size > 0 &&
-	    (state = calloc(1, s->svc->state_size)) == NULL) {
-		srv_warn(s, "%s: out of memory: closing", sink.peer);
-		return;
-	}
-	if (reg != NULL && (s->svc->flags & SVC_NEEDS_BROADCAST)) {
-		if ((r = bconn_attach(&b, reg)) < 0) {
-			srv_warn(s, "%s: eventfd: %s: closing", sink.peer,
-			    strerror(-r));
-			free(state);
-			return;
-		}
-		sink.broadcast = bconn_broadcast;
-	}
-	srv_debug(s, "open %s", sink.peer);
-	opened = svc_open(s->svc, &s->svc_cfg, state, &sink) == 0;
-	if (opened) {
-		bconn_writing(&b, 0);
-		while ((n = bconn_read(&b, buf, s->bufsize)) > 0)
-			if ((r = svc_input(s->svc, &s->svc_cfg, state, buf,
-			    (size_t)n, &sink)) < 0)
-				break;
-		if (r < 0 && b.werr == 0)
-			bconn_linger(fd, buf, s->bufsize);
-	}
-	/* Out of the room first: the goodbye goes to the others only. */
-	if (b.efd >= 0)
-		bconn_detach(&b);
-	if (opened)
-		svc_close(s->svc, &s->svc_cfg, state, &sink);
-	srv_debug(s, "close %s", sink.peer);
-	free(state);
-}
-
-int
-conn_blocking_listen(struct srv *s, int *reserve)
-{
-	int lfd;
-
-	srv_raise_nofile(s);
-	lfd = srv_listen(s, 0);
-	if ((*reserve = net_reserve_open()) < 0) {
-		srv_warn(s, "reserve descriptor: %s", strerror(-*reserve));
-		exit(SRV_EX_OSERR);
-	}
-	conn_wake_signals();
-	conn_wake_set(CONN_WAKE_LISTENER, lfd);
-	return lfd;
-}
-
-void
-conn_blocking_close(int lfd, int reserve)
-{
-	conn_wake_set(CONN_WAKE_LISTENER, -1);
-	close(lfd);
-	close(reserve);
-}
-
-/* ---- stop signals for blocking models -------------------------------------- */
-
-/*
- * The descriptors the stop handler shuts down.  Process-wide state, as a
- * signal handler can reach nothing else.
- */
-static volatile sig_atomic_t wake_fds[2] = { -1, -1 };
-
-/*
- * SHUT_RD ends a connection's reads, not a write blocked on a client that
- * sends and never reads: that write waits for room in the client's
- * window, forever.  So a stop also arms an alarm for the grace period,
- * and the alarm shuts the connection down for writing too: the write
- * fails with EPIPE and the serve loop returns.
- */
-static void
-wake_conn(int how)
-{
-	int fd = wake_fds[CONN_WAKE_CONN];
-
-	if (fd < 0)
-		return;
-	(void)shutdown(fd, how);
-	if (how == SHUT_RD)
-		(void)alarm((STOP_GRACE_MS + 999) / 1000);
-}
-
-static void
-on_alarm(int sig)
-{
-	int saved = errno;
-
-	(void)sig;
-	if (srv_stop)
-		wake_conn(SHUT_RDWR);
-	errno = saved;
-}
-
-static void
-on_wake(int sig)
-{
-	int saved = errno, fd;
-
-	(void)sig;
-	srv_stop = 1;
-	if (wake_fds[CONN_WAKE_CONN] == CONN_WAKE_EXIT)
-		_exit(SRV_EX_OK);
-	wake_conn(SHUT_RD);
-	fd = wake_fds[CONN_WAKE_LISTENER];
-	if (fd >= 0)
-		(void)shutdown(fd, SHUT_RD);
-	errno = saved;
-}
-
-void
-conn_wake_signals(void)
-{
-	struct sigaction sa;
-
-	srv_signals_ignore_pipe();
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_wake;
-	sigemptyset(&sa.sa_mask);
-	sigaddset(&sa.sa_mask, SIGINT);
-	sigaddset(&sa.sa_mask, SIGTERM);
-	sigaddset(&sa.sa_mask, SIGHUP);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
-	sa.sa_handler = on_alarm;
-	sigaction(SIGALRM, &sa, NULL);
-}
-
-void
-conn_wake_set(int slot, int fd)
-{
-	wake_fds[slot] = fd;
-	/* A stop that landed before the descriptor was registered. */
-	if (srv_stop && fd >= 0 && slot == CONN_WAKE_CONN)
-		wake_conn(SHUT_RD);
-	else if (srv_stop && fd >= 0)
-		(void)shutdown(fd, SHUT_RD);
-	else if (srv_stop && fd == CONN_WAKE_EXIT)
-		_exit(SRV_EX_OK);
-}
-
-/* ---- the descriptors threads are serving ----------------------------------- */
-
-int
-conn_reg_init(struct conn_reg *r)
-{
-	pthread_condattr_t ca;
-
-	memset(r, 0, sizeof(*r));
-	/* Deadlines on the monotonic clock: a clock step must not shorten them. */
-	if (pthread_condattr_init(&ca) != 0 ||
-	    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
-	    pthread_cond_init(&r->cv, &ca) != 0)
-		return -ENOMEM;
-	pthread_condattr_destroy(&ca);
-	if (pthread_mutex_init(&r->mu, NULL) != 0)
-		return -ENOMEM;
-	return 0;
-}
-
-void
-conn_reg_fini(struct conn_reg *r)
-{
-	pthread_mutex_destroy(&r->mu);
-	pthread_cond_destroy(&r->cv);
-	free(r->slots);
-}
-
-int
-conn_reg_add(struct conn_reg *r, int fd)
-{
-	struct conn_reg_slot *p;
-	int err = 0;
-
-	pthread_mutex_lock(&r->mu);
-	if (r->closing)
-		err = -ESHUTDOWN;
-	else if (r->n == r->cap) {
-		p = realloc(r->slots, (r->cap ? r->cap * 2 : 64) * sizeof(*p));
-		if (p == NULL)
-			err = -ENOMEM;
-		else {
-			r->slots = p;
-			r->cap = r->cap ? r->cap * 2 : 64;
-		}
-	}
-	if (err == 0)
-		r->slots[r->n++] = (struct conn_reg_slot){ .fd = fd };
-	pthread_mutex_unlock(&r->mu);
-	return err;
-}
-
-void
-conn_reg_del(struct conn_reg *r, int fd)
-{
-	size_t i;
-
-	pthread_mutex_lock(&r->mu);
-	for (i = 0; i < r->n; i++)
-		if (r->slots[i].fd == fd) {
-			r->slots[i] = r->slots[--r->n];
-			r->dels++;
-			break;
-		}
-	pthread_cond_broadcast(&r->cv);
-	pthread_mutex_unlock(&r->mu);
-}
-
-static void
-deadline_in(struct timespec *ts, int ms)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
-void
-conn_reg_wait_below(struct conn_reg *r, size_t n)
-{
-	struct timespec ts;
-
-	/*
-	 * A signal handler may not touch a condition variable, so a stop
-	 * cannot wake this wait: it looks at srv_stop every 100 ms.
-	 */
-	pthread_mutex_lock(&r->mu);
-	while (r->n >= n && !srv_stop) {
-		deadline_in(&ts, 100);
-		pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-	}
-	pthread_mutex_unlock(&r->mu);
-}
-
-/*
- * Wait up to MS for one of the registered to leave (and so free its
- * descriptor); 1 if one did.  Counted, not compared with the number
- * registered: a busy pool takes a new one as soon as one leaves.
- */
-static int
-reg_wait_drop(struct conn_reg *r, int ms)
-{
-	struct timespec ts;
-	unsigned long d0;
-	int dropped;
-
-	pthread_mutex_lock(&r->mu);
-	d0 = r->dels;
-	deadline_in(&ts, ms);
-	while (r->dels == d0 && r->n > 0 && !srv_stop)
-		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
-			break;
-	dropped = r->dels != d0;
-	pthread_mutex_unlock(&r->mu);
-	return dropped;
-}
-
-static void
-reg_shutdown(struct conn_reg *r, int how)
-{
-	size_t i;
-
-	/*
-	 * Under the lock, so a descriptor cannot be closed (and its number
-	 * reused) between being listed and being shut down: a thread
-	 * leaves the set before it closes.
-	 */
-	for (i = 0; i < r->n; i++)
-		(void)shutdown(r->slots[i].fd, how);
-}
-
-void
-conn_reg_drain(struct conn_reg *r, int grace_ms)
-{
-	struct timespec ts;
-
-	pthread_mutex_lock(&r->mu);
-	r->closing = 1;
-	reg_shutdown(r, SHUT_RD);
-	deadline_in(&ts, grace_ms);
-	while (r->n > 0)
-		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
-			break;
-	if (r->n > 0)
-		reg_shutdown(r, SHUT_RDWR);
-	while (r->n > 0)
-		pthread_cond_wait(&r->cv, &r->mu);
-	pthread_mutex_unlock(&r->mu);
-}
-
-int
-conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
-    int *reserve, struct conn_reg *reg)
-{
-	int fd, r;
-
-	for (;;) {
-		if (srv_stop)
-			return -EINTR;
-		fd = net_accept(lfd, peer, 0);
-		if (fd >= 0)
-			return fd;
-		if (srv_stop)
-			return -EINTR;	/* the stop handler shut the listener */
-		switch (-fd) {
-		case EMFILE:
-		case ENFILE:
-			/*
-			 * The connection stays pending and accept() fails at
-			 * once again: without waiting or shedding, a spin.
-			 * When threads are serving, one of them closing frees
-			 * a descriptor soon: wait for that a while, and shed
-			 * the pending connection only if none does.
-			 */
-			if (reg && reg_wait_drop(reg, EMFILE_WAIT_MS))
-				continue;
-			r = net_accept_shed(lfd, reserve);
-			if (r > 0)
-				srv_log(s, "out of descriptors (%s): refused a "
-				    "connection", strerror(-fd));
-			else
-				(void)poll(NULL, 0, 10);
-			continue;
-		case EINVAL:
-		case EBADF:
-		case ENOTSOCK:
-		case EOPNOTSUPP:
-			srv_warn(s, "accept: %s", strerror(-fd));
-			return fd;
-		default:
-			/* ENOBUFS, ENOMEM, EPERM (a firewall): pass, later. */
-			srv_warn(s, "accept: %s", strerror(-fd));
-			(void)poll(NULL, 0, 10);
-		}
-	}
-}
-
-/* ---- readiness loops -------------------------------------------------------- */
 
 /* Output not yet accepted by the kernel. */
 struct conn_chunk {
@@ -1003,7 +321,7 @@ conn_send(struct conn_loop *lp, struct conn *c, const uint8_t *buf, size_t len)
 		while (n < 0 && errno == EINTR);
 		if (n < 0) {
 			if (errno != EAGAIN) {
-				if (!is_reset(errno))
+				if (!net_is_reset(errno))
 					srv_debug(lp->srv, "write: %s", strerror(errno));
 				conn_doom(lp, c);
 				return -EPIPE;
@@ -1069,7 +387,7 @@ readable(struct conn_loop *lp, struct conn *c, int drain)
 		if (n == -EAGAIN)
 			break;
 		if (n < 0) {
-			if (!is_reset((int)-n))
+			if (!net_is_reset((int)-n))
 				srv_debug(s, "read: %s", strerror((int)-n));
 			conn_close(lp, c);
 			return;
@@ -1147,7 +465,7 @@ conn_writable(struct conn_loop *lp, struct conn *c)
 	if (c->pending != pending)
 		lp->progress++;
 	if (r < 0) {
-		if (!is_reset(-r))
+		if (!net_is_reset(-r))
 			srv_debug(lp->srv, "write: %s", strerror(-r));
 		conn_close(lp, c);
 		return;
@@ -1313,10 +631,10 @@ expire(struct conn_loop *lp)
 	int64_t idle = (int64_t)lp->srv->idle_timeout * 1000;
 	struct conn *c;
 
-	while ((c = lp->linger.head) && now - c->last >= LINGER_MS)
+	while ((c = lp->linger.head) && now - c->last >= SRV_LINGER_MS)
 		conn_close(lp, c);
 	if (c)
-		wait = LINGER_MS - (now - c->last);
+		wait = SRV_LINGER_MS - (now - c->last);
 	if (idle > 0) {
 		while ((c = lp->live.head) && now - c->last >= idle) {
 			srv_debug(lp->srv, "%s idle for %d s: closing",
@@ -1357,7 +675,7 @@ conn_tick(struct conn_loop *lp)
 
 /*
  * Graceful stop: stop accepting; connections with nothing queued close
- * now, the others get STOP_GRACE_MS to flush, then are closed regardless.
+ * now, the others get SRV_STOP_GRACE_MS to flush, then are closed regardless.
  */
 void
 conn_begin_stop(struct conn_loop *lp)
@@ -1367,7 +685,7 @@ conn_begin_stop(struct conn_loop *lp)
 	if (lp->stopping)
 		return;
 	lp->stopping = 1;
-	lp->stop_deadline = srv_now_ms() + STOP_GRACE_MS;
+	lp->stop_deadline = srv_now_ms() + SRV_STOP_GRACE_MS;
 	lp->accepting = 0;
 	if (lp->lfd >= 0)
 		close(lp->lfd);

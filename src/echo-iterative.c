@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "conn.h"
+#include "blocking.h"
 #include "net.h"
 #include "server.h"
 

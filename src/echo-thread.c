@@ -39,7 +39,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "conn.h"
+#include "blocking.h"
 #include "net.h"
 #include "server.h"
 

@@ -37,7 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "conn.h"
+#include "blocking.h"
 #include "net.h"
 #include "server.h"
 

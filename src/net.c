@@ -501,3 +501,10 @@ net_write_all(int fd, const void *buf, size_t len)
 	}
 	return (ssize_t)done;
 }
+
+int
+net_is_reset(int err)
+{
+	return err == EPIPE || err == ECONNRESET || err == ENOTCONN ||
+	    err == ETIMEDOUT;
+}

@@ -121,4 +121,10 @@ ssize_t	net_read_some(int fd, void *buf, size_t len);
 ssize_t	net_read_full(int fd, void *buf, size_t len);
 ssize_t	net_write_all(int fd, const void *buf, size_t len);
 
+/*
+ * The peer went away (reset, or a write after its close): an ordinary end
+ * of a connection, not worth a log line.
+ */
+int	net_is_reset(int err);
+
 #endif

@@ -39,6 +39,15 @@
 #define SRV_DEFAULT_HIGHWATER	(256 * 1024)
 
 /*
+ * Time policies every model shares.  At stop, a connection (or a child, a
+ * thread) with a reply still going out gets SRV_STOP_GRACE_MS to finish
+ * before it is closed (or killed).  After an error reply, a lingering
+ * close discards the client's input for at most SRV_LINGER_MS.
+ */
+#define SRV_STOP_GRACE_MS	2000
+#define SRV_LINGER_MS		2000
+
+/*
  * Options a model adds to the shared command line.  KEY is what the model's
  * handler receives; ARG is NULL for a flag.  The handler returns 0, or -1
  * after having called srv_usage_error().
