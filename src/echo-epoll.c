@@ -41,13 +41,13 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "conn.h"
 #include "net.h"
 #include "server.h"
 #include "service.h"
+#include "workers.h"
 
 #define MAX_EVENTS	256
 
@@ -229,39 +229,33 @@ run_loop(struct srv *s, int lfd, int sfd)
 
 /*
  * -w N: the parent makes every listener before forking (so a bad address
- * fails before the readiness line), keeps them open so a worker that dies
- * can be replaced without losing its accept queue, forwards SIGINT/SIGTERM
- * and reaps every worker.  Killed outright, it forwards nothing: srv_fork()
- * has the kernel send the workers SIGTERM then (PR_SET_PDEATHSIG).
+ * fails before the readiness line) and keeps them open, so that a worker
+ * that dies is replaced without losing its accept queue.  Forking,
+ * replacing and stopping the workers is the supervisor's (workers.c),
+ * which also has the kernel stop them if the parent is killed outright.
  */
-static pid_t
-spawn(struct srv *s, int *lfds, int idx)
+static void
+worker(struct wrk *w, int idx)
 {
-	pid_t pid = srv_fork();
-	int i, sfd;
+	int *lfds = w->arg, i, sfd;
 
-	if (pid != 0)
-		return pid;
-	for (i = 0; i < s->workers; i++)
+	for (i = 0; i < w->n; i++)
 		if (i != idx)
 			close(lfds[i]);
 	sfd = srv_signals_block();
 	if (sfd < 0)
 		_exit(SRV_EX_OSERR);
-	_exit(run_loop(s, lfds[idx], sfd));
+	_exit(run_loop(w->srv, lfds[idx], sfd));
 }
 
 static int
 run_workers(struct srv *s, int first)
 {
 	int *lfds = calloc((size_t)s->workers, sizeof(int));
-	pid_t *pids = calloc((size_t)s->workers, sizeof(pid_t));
-	struct signalfd_siginfo si;
-	sigset_t set;
-	int i, sfd, live = 0, stopping = 0, status, rc = SRV_EX_OK;
-	pid_t pid;
+	int i, sig, rc = SRV_EX_OK;
+	struct wrk w;
 
-	if (lfds == NULL || pids == NULL)
+	if (lfds == NULL)
 		return SRV_EX_OSERR;
 	lfds[0] = first;
 	for (i = 1; i < s->workers; i++) {
@@ -271,67 +265,22 @@ run_workers(struct srv *s, int first)
 			return SRV_EX_OSERR;
 		}
 	}
-	/* SIGCHLD joins the signalfd: the parent sleeps in one read(). */
-	sigemptyset(&set);
-	sigaddset(&set, SIGCHLD);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGHUP);
-	srv_signals_ignore_pipe();
-	sigprocmask(SIG_BLOCK, &set, NULL);
-	sfd = signalfd(-1, &set, SFD_CLOEXEC);
-	if (sfd < 0)
+	if (wrk_init(&w, s, s->workers, worker, lfds) < 0)
 		return SRV_EX_OSERR;
-	for (i = 0; i < s->workers; i++) {
-		pids[i] = spawn(s, lfds, i);
-		if (pids[i] < 0) {
-			srv_warn(s, "fork: %s", strerror(errno));
-			rc = SRV_EX_OSERR;
-			stopping = 1;
-			break;
-		}
-		live++;
-	}
-	if (!stopping)
+	/* Each worker keeps its own grace period: SIGKILL is for one that overran it. */
+	w.grace_ms = 2 * SRV_STOP_GRACE_MS;
+	if (wrk_start(&w) < 0)
+		rc = SRV_EX_OSERR;
+	else {
 		srv_ready(s);
-	for (i = 0; stopping && i < s->workers; i++)
-		if (pids[i] > 0)
-			kill(pids[i], SIGTERM);
-	while (live > 0) {
-		if (read(sfd, &si, sizeof(si)) != sizeof(si)) {
-			if (errno == EINTR)
-				continue;
-			break;
-		}
-		if (si.ssi_signo != SIGCHLD) {
-			stopping = 1;
-			for (i = 0; i < s->workers; i++)
-				if (pids[i] > 0)
-					kill(pids[i], SIGTERM);
-			continue;
-		}
-		/* One SIGCHLD may stand for several exits: reap them all. */
-		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-			for (i = 0; i < s->workers && pids[i] != pid; i++)
-				;
-			if (i == s->workers)
-				continue;
-			live--;
-			pids[i] = 0;
-			if (stopping)
-				continue;
-			srv_warn(s, "worker %ld died (%s %d): restarting",
-			    (long)pid, WIFSIGNALED(status) ? "signal" : "status",
-			    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-			pids[i] = spawn(s, lfds, i);
-			if (pids[i] > 0)
-				live++;
-		}
+		sig = wrk_run(&w);
+		srv_debug(s, "signal %d: stopping", sig);
 	}
+	wrk_stop(&w);
+	wrk_fini(&w);
 	for (i = 0; i < s->workers; i++)
 		close(lfds[i]);
 	free(lfds);
-	free(pids);
 	return rc;
 }
 

@@ -24,9 +24,10 @@
  *     SIGCHLD and the stop signals are blocked across fork();
  *   - stop: the parent shuts the listener, forwards SIGTERM to every
  *     child (each finishes the message in hand and closes), waits a grace
- *     period, SIGKILLs the rest, and reaps them all; a parent killed
- *     outright forwards nothing, so srv_fork() has the kernel send each
- *     child SIGTERM when its parent dies (PR_SET_PDEATHSIG).
+ *     period, SIGKILLs the rest, and reaps them all (the stop of the
+ *     worker supervisor, workers.c); a parent killed outright forwards
+ *     nothing, so wrk_fork() has the kernel send each child SIGTERM when
+ *     its parent dies (PR_SET_PDEATHSIG).
  *
  * Global state: the table of live children, shared with the SIGCHLD
  * handler (changed by the main program only with SIGCHLD blocked).
@@ -39,14 +40,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "blocking.h"
 #include "net.h"
 #include "server.h"
-
-#define STOP_GRACE_MS	2000
+#include "workers.h"
 
 static pid_t	*kids;		/* live (or exited, unreaped) children */
 static volatile sig_atomic_t nkids;
@@ -100,22 +99,11 @@ kids_add(pid_t pid)
 }
 
 static void
-kids_signal(int sig)
-{
-	int i;
-
-	for (i = 0; i < nkids; i++)
-		(void)kill(kids[i], sig);
-}
-
-static void
 sigset_stop_child(sigset_t *set)
 {
 	sigemptyset(set);
 	sigaddset(set, SIGCHLD);
-	sigaddset(set, SIGINT);
-	sigaddset(set, SIGTERM);
-	sigaddset(set, SIGHUP);
+	srv_sigset_stop(set);
 }
 
 static void
@@ -171,7 +159,7 @@ spawn(const struct srv *s, int lfd, int reserve, int fd,
 
 	sigset_stop_child(&block);
 	sigprocmask(SIG_BLOCK, &block, &old);
-	pid = srv_fork();
+	pid = wrk_fork();
 	if (pid == 0)
 		child(s, lfd, reserve, fd, peer, buf, &old);
 	if (pid < 0)
@@ -188,34 +176,20 @@ spawn(const struct srv *s, int lfd, int reserve, int fd,
 }
 
 /*
- * SIGTERM to every child, a grace period to finish, then SIGKILL; the
- * reaper empties the table.  ppoll() unblocks SIGCHLD only while it
- * sleeps, so an exit between the check and the sleep is not missed.
+ * SIGTERM to every child, a grace period to finish, then SIGKILL
+ * (workers.c).  SIGCHLD stays blocked meanwhile: the reaper does not
+ * reorder the table under wrk_stop_pids(), which reaps them itself.
  */
 static void
-stop_children(void)
+stop_children(const struct srv *s)
 {
 	sigset_t block, old;
-	int64_t deadline = srv_now_ms() + STOP_GRACE_MS, left;
-	struct timespec ts;
-	int killed = 0;
 
 	sigemptyset(&block);
 	sigaddset(&block, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &block, &old);
-	kids_signal(SIGTERM);
-	while (nkids > 0) {
-		left = deadline - srv_now_ms();
-		if (left <= 0 && !killed) {
-			kids_signal(SIGKILL);
-			killed = 1;
-		}
-		if (left < 0)
-			left = 100;
-		ts.tv_sec = left / 1000;
-		ts.tv_nsec = (long)(left % 1000) * 1000000L;
-		(void)ppoll(NULL, 0, &ts, &old);
-	}
+	(void)wrk_stop_pids(s, kids, nkids, SRV_STOP_GRACE_MS, "children");
+	nkids = 0;
 	sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
@@ -249,7 +223,7 @@ main(int argc, char **argv)
 		spawn(&s, lfd, reserve, fd, &peer, buf);
 	}
 	conn_blocking_close(lfd, reserve);
-	stop_children();
+	stop_children(&s);
 	free(buf);
 	free(kids);
 	return fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR;

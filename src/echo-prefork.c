@@ -26,18 +26,16 @@
  * favours.
  *
  * Pitfalls handled here:
- *   - a child that dies is reaped and replaced (a child that dies at once,
- *     repeatedly, is restarted at most once a second, not in a fork loop);
+ *   - a child that dies is reaped and replaced, with a back-off when it
+ *     dies young (the supervisor, workers.c, shared with echo-epoll -w);
  *   - stop: the parent forwards SIGTERM; a child idle in accept() or in
  *     the lock exits at once (it must not shut down the listener its
  *     siblings share), a child serving a client finishes the message in
  *     hand; the parent SIGKILLs what is left after a grace period and
  *     reaps every child;
- *   - the parent blocks its signals and takes them with sigtimedwait():
- *     no handler, no EINTR, no lost SIGCHLD;
- *   - a parent killed outright cannot forward anything: the children
- *     are forked by srv_fork(), which asks the kernel for a SIGTERM when
- *     their parent dies (PR_SET_PDEATHSIG).
+ *   - a parent killed outright cannot forward anything: the supervisor
+ *     forks the children with wrk_fork(), which asks the kernel for a
+ *     SIGTERM when their parent dies (PR_SET_PDEATHSIG).
  */
 #include "config.h"
 
@@ -46,18 +44,16 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "blocking.h"
 #include "net.h"
 #include "server.h"
+#include "workers.h"
 
-#define STOP_GRACE_MS	2000
-#define RESTART_MS	1000	/* a child that died younger waits this long */
 #define OPT_LOCK	256
 
 enum lock_mode { LOCK_NONE, LOCK_FCNTL, LOCK_MUTEX };
@@ -69,18 +65,11 @@ struct shared {
 	volatile unsigned long	served[];	/* by the child in each slot */
 };
 
-struct slot {
-	pid_t		pid;		/* 0: not running */
-	int64_t		started;	/* ms */
-	int64_t		restart_at;	/* ms, when pid == 0 and not stopping */
-};
-
 struct prefork {
 	struct srv	*srv;
 	enum lock_mode	 lock;
 	int		 lockfd;	/* fcntl */
 	struct shared	*sh;
-	struct slot	*slots;
 	int		 n, lfd;
 };
 
@@ -149,9 +138,10 @@ lock_setup(struct prefork *pf)
 
 /* ---- a child ---------------------------------------------------------------- */
 
-static void __attribute__((noreturn))
-child(struct prefork *pf, int idx, const sigset_t *mask)
+static void
+child(struct wrk *w, int idx)
 {
+	struct prefork *pf = w->arg;
 	const struct srv *s = pf->srv;
 	struct net_addr peer;
 	uint8_t *buf = malloc(s->bufsize);
@@ -161,10 +151,11 @@ child(struct prefork *pf, int idx, const sigset_t *mask)
 		srv_warn(s, "child %d: cannot start", idx);
 		_exit(SRV_EX_OSERR);
 	}
+	pf->sh->served[idx] = 0;
 	/* Idle, a stop exits at once: there is nothing to finish. */
 	conn_wake_set(CONN_WAKE_LISTENER, -1);
 	conn_wake_set(CONN_WAKE_CONN, CONN_WAKE_EXIT);
-	sigprocmask(SIG_SETMASK, mask, NULL);
+	sigprocmask(SIG_SETMASK, &w->mask, NULL);
 	for (;;) {
 		accept_lock(pf);
 		fd = conn_accept_wait(s, pf->lfd, &peer, &reserve, NULL);
@@ -182,136 +173,12 @@ child(struct prefork *pf, int idx, const sigset_t *mask)
 
 /* ---- the parent ---------------------------------------------------------------- */
 
-static int
-spawn(struct prefork *pf, int idx, const sigset_t *mask)
-{
-	pid_t pid = srv_fork();
-
-	if (pid == 0)
-		child(pf, idx, mask);
-	if (pid < 0) {
-		srv_warn(pf->srv, "fork: %s", strerror(errno));
-		pf->slots[idx].restart_at = srv_now_ms() + RESTART_MS;
-		return -1;
-	}
-	pf->slots[idx].pid = pid;
-	pf->slots[idx].started = srv_now_ms();
-	pf->sh->served[idx] = 0;
-	return 0;
-}
-
-static int
-slot_of(const struct prefork *pf, pid_t pid)
-{
-	int i;
-
-	for (i = 0; i < pf->n; i++)
-		if (pf->slots[i].pid == pid)
-			return i;
-	return -1;
-}
-
-/* Reap every exited child; replace it unless stopping.  Returns how many. */
-static int
-reap(struct prefork *pf, int stopping, const sigset_t *mask)
-{
-	struct slot *sl;
-	int st, i, n = 0;
-	pid_t pid;
-
-	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-		if ((i = slot_of(pf, pid)) < 0)
-			continue;
-		n++;
-		sl = &pf->slots[i];
-		sl->pid = 0;
-		if (stopping)
-			continue;
-		srv_warn(pf->srv, "child %d (pid %ld) died (%s %d) after %lu "
-		    "connections: restarting", i, (long)pid,
-		    WIFSIGNALED(st) ? "signal" : "status",
-		    WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
-		    pf->sh->served[i]);
-		if (srv_now_ms() - sl->started < RESTART_MS)
-			sl->restart_at = sl->started + RESTART_MS;
-		else
-			(void)spawn(pf, i, mask);
-	}
-	return n;
-}
-
-/* Restart the children whose delay is over; the ms until the next one. */
-static int
-restart_due(struct prefork *pf, const sigset_t *mask)
-{
-	int64_t now = srv_now_ms(), wait = -1;
-	int i;
-
-	for (i = 0; i < pf->n; i++) {
-		struct slot *sl = &pf->slots[i];
-
-		if (sl->pid != 0 || sl->restart_at == 0)
-			continue;
-		if (now >= sl->restart_at) {
-			sl->restart_at = 0;
-			(void)spawn(pf, i, mask);
-		} else if (wait < 0 || sl->restart_at - now < wait)
-			wait = sl->restart_at - now;
-	}
-	return (int)wait;
-}
-
 static void
-signal_children(struct prefork *pf, int sig)
+describe(struct wrk *w, int idx, char *buf, size_t size)
 {
-	int i;
+	const struct prefork *pf = w->arg;
 
-	for (i = 0; i < pf->n; i++)
-		if (pf->slots[i].pid > 0)
-			(void)kill(pf->slots[i].pid, sig);
-}
-
-static int
-live_children(const struct prefork *pf)
-{
-	int i, n = 0;
-
-	for (i = 0; i < pf->n; i++)
-		n += pf->slots[i].pid > 0;
-	return n;
-}
-
-/* Wait for a signal in SET for up to MS (-1: forever); 0 on timeout. */
-static int
-wait_signal(const sigset_t *set, int ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000,
-	    .tv_nsec = (long)(ms % 1000) * 1000000L };
-	int sig;
-
-	do
-		sig = ms < 0 ? sigwaitinfo(set, NULL) : sigtimedwait(set, NULL, &ts);
-	while (sig < 0 && errno == EINTR);
-	return sig < 0 ? 0 : sig;
-}
-
-static void
-stop_children(struct prefork *pf, const sigset_t *set, const sigset_t *mask)
-{
-	int64_t deadline = srv_now_ms() + STOP_GRACE_MS, left;
-	int killed = 0;
-
-	signal_children(pf, SIGTERM);
-	while (reap(pf, 1, mask), live_children(pf) > 0) {
-		left = deadline - srv_now_ms();
-		if (left <= 0 && !killed) {
-			srv_warn(pf->srv, "%d children still busy after %d ms: "
-			    "killed", live_children(pf), STOP_GRACE_MS);
-			signal_children(pf, SIGKILL);
-			killed = 1;
-		}
-		(void)wait_signal(set, left > 0 ? (int)left : 100);
-	}
+	(void)snprintf(buf, size, " after %lu connections", pf->sh->served[idx]);
 }
 
 static void
@@ -332,35 +199,26 @@ report(const struct prefork *pf)
 static int
 run(struct prefork *pf)
 {
-	sigset_t set, mask;
-	int i, sig, wait;
+	int sig, rc = SRV_EX_OK;
+	struct wrk w;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGCHLD);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGHUP);
-	sigprocmask(SIG_BLOCK, &set, &mask);
-	for (i = 0; i < pf->n; i++)
-		if (spawn(pf, i, &mask) < 0) {
-			stop_children(pf, &set, &mask);
-			return SRV_EX_OSERR;
-		}
-	srv_ready(pf->srv);
-	/* A stop that came before the signals were blocked ran the handler. */
-	sig = srv_stop ? SIGTERM : 0;
-	while (!srv_stop) {
-		wait = restart_due(pf, &mask);
-		sig = wait_signal(&set, wait);
-		if (sig == SIGCHLD || sig == 0)
-			reap(pf, 0, &mask);
-		else if (sig > 0)
-			break;
+	if (wrk_init(&w, pf->srv, pf->n, child, pf) < 0)
+		return SRV_EX_OSERR;
+	w.what = "child";
+	w.plural = "children";
+	w.describe = describe;
+	if (wrk_start(&w) < 0)
+		rc = SRV_EX_OSERR;
+	else {
+		srv_ready(pf->srv);
+		sig = wrk_run(&w);
+		srv_debug(pf->srv, "signal %d: stopping", sig);
 	}
-	srv_debug(pf->srv, "signal %d: stopping", sig);
-	stop_children(pf, &set, &mask);
-	report(pf);
-	return SRV_EX_OK;
+	wrk_stop(&w);
+	wrk_fini(&w);
+	if (rc == SRV_EX_OK)
+		report(pf);
+	return rc;
 }
 
 /* ---- setup ---------------------------------------------------------------------- */
@@ -421,8 +279,7 @@ main(int argc, char **argv)
 	size = sizeof(struct shared) + (size_t)pf.n * sizeof(unsigned long);
 	pf.sh = mmap(NULL, size, PROT_READ | PROT_WRITE,
 	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	pf.slots = calloc((size_t)pf.n, sizeof(*pf.slots));
-	if (pf.sh == MAP_FAILED || pf.slots == NULL || lock_setup(&pf) < 0) {
+	if (pf.sh == MAP_FAILED || lock_setup(&pf) < 0) {
 		srv_warn(&s, "cannot start: %s", strerror(errno));
 		return SRV_EX_OSERR;
 	}
@@ -432,6 +289,5 @@ main(int argc, char **argv)
 	if (pf.lockfd >= 0)
 		close(pf.lockfd);
 	munmap(pf.sh, size);
-	free(pf.slots);
 	return rc;
 }

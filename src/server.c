@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -577,6 +576,27 @@ srv_signals_ignore_pipe(void)
 	sigaction(SIGPIPE, &sa, NULL);
 }
 
+void
+srv_sigset_stop(sigset_t *set)
+{
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGHUP);
+}
+
+int
+srv_wait_signal(const sigset_t *set, siginfo_t *si, int ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000,
+	    .tv_nsec = (long)(ms % 1000) * 1000000L };
+	int sig;
+
+	do
+		sig = ms < 0 ? sigwaitinfo(set, si) : sigtimedwait(set, si, &ts);
+	while (sig < 0 && errno == EINTR);
+	return sig < 0 ? 0 : sig;
+}
+
 int
 srv_signals_block(void)
 {
@@ -585,9 +605,7 @@ srv_signals_block(void)
 
 	srv_signals_ignore_pipe();
 	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGHUP);
+	srv_sigset_stop(&set);
 	/*
 	 * A signalfd only sees signals that are blocked: otherwise the
 	 * default action (terminate) runs first.  Threads created after
@@ -597,25 +615,6 @@ srv_signals_block(void)
 		return -EINVAL;
 	fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	return fd < 0 ? -errno : fd;
-}
-
-pid_t
-srv_fork(void)
-{
-	pid_t parent = getpid(), pid;
-
-	pid = fork();
-	if (pid != 0)
-		return pid;
-	/*
-	 * The death signal follows the parent *thread* that forked: the
-	 * supervisors fork from their one thread.  A parent that died
-	 * before the prctl() sends nothing: the child has been reparented
-	 * by then, so getppid() tells, and the child stops as if signalled.
-	 */
-	if (prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && getppid() != parent)
-		(void)kill(getpid(), SIGTERM);
-	return 0;
 }
 
 static void

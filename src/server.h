@@ -157,13 +157,14 @@ extern volatile sig_atomic_t srv_stop;
 int	srv_signals_block(void);
 void	srv_signals_ignore_pipe(void);
 
+/* Add the stop signals, SIGINT, SIGTERM and SIGHUP, to SET. */
+void	srv_sigset_stop(sigset_t *set);
+
 /*
- * fork() for a supervisor's worker or child: the child is tied to this
- * parent by PR_SET_PDEATHSIG, so that a parent killed outright (SIGKILL,
- * the OOM killer) does not leave workers behind, orphaned, still holding
- * the port.  The child gets SIGTERM, its ordinary graceful stop.
+ * Take a signal of SET (blocked) within MS (-1: no limit), into SI if not
+ * NULL.  Returns the signal, or 0 when none came in time.
  */
-pid_t	srv_fork(void);
+int	srv_wait_signal(const sigset_t *set, siginfo_t *si, int ms);
 
 /* Logging to stderr, prefixed with the program name (and pid for -w > 1). */
 void	srv_log(const struct srv *s, const char *fmt, ...)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
 # What each IO model documents about itself, beyond the conformance suite:
 # the fork server leaves no zombie, the thread and pool servers hold their
-# caps, prefork's accept locks and per-child counts, the busy-wait server's
+# caps, prefork's accept locks and per-child counts, the worker supervisor's
+# back-off (echo-epoll -w, echo-prefork), the busy-wait server's
 # CPU, select's FD_SETSIZE ceiling, sigio's real-time queue overflow.
 #
 # By hand, from the build directory: tests/run-bats $top_srcdir/tests/models.bats
@@ -299,6 +300,50 @@ accepting_child() { # PGID
 		assert_success
 		n=$(group_zombies "$SRV_PID")
 		((n == 0)) || fail "$mode: $n zombies"
+		stop_server
+	done
+}
+
+# ---- the worker supervisor (echo-epoll -w, echo-prefork) ------------------------------
+
+# SIGKILL every child of PID every 20 ms for 2 s; print how many distinct
+# children were seen, each of them a fork.  The children come from /proc,
+# read by the shell itself: no command to fork per round, so the rounds
+# keep their pace on a loaded machine.
+crash_loop() { # PID
+	local -A seen=()
+	local -a kids
+	local p end
+	end=$((${EPOCHREALTIME/./} + 2000000))
+	while ((${EPOCHREALTIME/./} < end)); do
+		kids=()
+		read -r -a kids <"/proc/$1/task/$1/children" || true
+		for p in "${kids[@]}"; do
+			seen[$p]=1
+			kill -KILL "$p" 2>/dev/null || true
+		done
+		sleep 0.02
+	done
+	echo "${#seen[@]}"
+}
+
+@test "workers: children killed as soon as they run are replaced with a back-off, not in a fork loop" {
+	local bin n
+	for bin in echo-epoll echo-prefork; do
+		use "$bin" -w 2
+		start_server
+		n=$(crash_loop "$SRV_PID")
+		# Two at start, then each slot once after 1 s: the next delay
+		# (2 s) falls after the experiment.  Without a back-off: ~140.
+		((n >= 2 && n <= 8)) ||
+			fail "$bin -w 2: $n workers forked in 2 s of SIGKILL every 20 ms; log: $(cat "$SRV_LOG")"
+		grep -qE "died \(signal 9\).*restarting in [0-9]+ ms" "$SRV_LOG" ||
+			fail "$bin: no back-off in the log: $(cat "$SRV_LOG")"
+		# The back-off ends: both workers come back and serve.
+		wait_until 10 eval '(($(group_pids "$SRV_PID" | wc -l) == 3))' ||
+			fail "$bin: the workers were not replaced: $(group_ps "$SRV_PID")"
+		run iotest echo "$SRV_ADDR"
+		assert_success
 		stop_server
 	done
 }
