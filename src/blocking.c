@@ -244,17 +244,16 @@ void
 conn_wake_signals(void)
 {
 	struct sigaction sa;
+	int sig;
 
 	srv_signals_ignore_pipe();
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_wake;
 	sigemptyset(&sa.sa_mask);
-	sigaddset(&sa.sa_mask, SIGINT);
-	sigaddset(&sa.sa_mask, SIGTERM);
-	sigaddset(&sa.sa_mask, SIGHUP);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
+	srv_sigset_stop(&sa.sa_mask);
+	for (sig = 1; sig < NSIG; sig++)
+		if (sigismember(&sa.sa_mask, sig) == 1)
+			sigaction(sig, &sa, NULL);
 	sa.sa_handler = on_alarm;
 	sigaction(SIGALRM, &sa, NULL);
 }

@@ -86,6 +86,23 @@ conn_interest(const struct conn *c)
 	return want;
 }
 
+/*
+ * The loop alone decides whether it accepts (the -m limit, the stop): the
+ * model hears of each change through its listen hook, and so never
+ * watches a listener that is about to be closed.
+ */
+static void
+set_accepting(struct conn_loop *lp, int on)
+{
+	if (lp->accepting == on)
+		return;
+	lp->accepting = on;
+	if (on)
+		lp->accept_again = 1;
+	if (lp->ops->listen)
+		lp->ops->listen(lp, on);
+}
+
 static void
 update(struct conn_loop *lp, struct conn *c)
 {
@@ -355,15 +372,12 @@ sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 {
 	struct conn *self = sink->conn, *c;
 	struct conn_loop *lp = sink->ctx;
-	size_t cap = lp->srv->svc_cfg.max_pending;
 
 	for (c = lp->live.head; c; c = c->next) {
 		if (c == self || (c->flags & (CONN_DOOMED | CONN_CLOSE | CONN_EOF)))
 			continue;
-		if (c->pending + len > cap) {
-			srv_log(lp->srv, "%s: %zu bytes of output pending, "
-			    "not reading: disconnected", c->peer ? c->peer : "client",
-			    c->pending);
+		if (srv_too_pending(lp->srv, c->pending, len)) {
+			srv_log_not_reading(lp->srv, c->peer, c->pending);
 			conn_doom(lp, c);
 			continue;
 		}
@@ -545,6 +559,7 @@ conn_accept(struct conn_loop *lp)
 	struct conn *c;
 	int fd, i;
 
+	lp->accept_again = 0;
 	if (!lp->accepting || lp->lfd < 0)
 		return 0;
 	for (i = 0; i < ACCEPTS_PER_EVENT; i++) {
@@ -554,7 +569,7 @@ conn_accept(struct conn_loop *lp)
 			 * listener: new clients wait in the kernel's accept
 			 * queue instead of being accepted and refused.
 			 */
-			lp->accepting = 0;
+			set_accepting(lp, 0);
 			return 0;
 		}
 		fd = net_accept(lp->lfd, &peer, NET_NONBLOCK);
@@ -664,10 +679,8 @@ conn_tick(struct conn_loop *lp)
 	conn_event_done(lp);
 	reap_dead(lp);
 	if (!lp->accepting && !lp->stopping && lp->lfd >= 0 &&
-	    (!s->max_conns || lp->nconns < s->max_conns)) {
-		lp->accepting = 1;
-		lp->accept_again = 1;
-	}
+	    (!s->max_conns || lp->nconns < s->max_conns))
+		set_accepting(lp, 1);
 	if (lp->again || (lp->edge && lp->accept_again && lp->accepting))
 		wait = 0;
 	return wait;
@@ -686,7 +699,7 @@ conn_begin_stop(struct conn_loop *lp)
 		return;
 	lp->stopping = 1;
 	lp->stop_deadline = srv_now_ms() + SRV_STOP_GRACE_MS;
-	lp->accepting = 0;
+	set_accepting(lp, 0);
 	if (lp->lfd >= 0)
 		close(lp->lfd);
 	lp->lfd = -1;
@@ -738,15 +751,17 @@ conn_loop_done(const struct conn_loop *lp)
 
 int
 conn_loop_init(struct conn_loop *lp, struct srv *s, int lfd,
-    const struct conn_ops *ops, void *model)
+    const struct conn_ops *ops, void *model, int fd_limit, int edge)
 {
 	memset(lp, 0, sizeof(*lp));
 	lp->srv = s;
 	lp->ops = ops;
 	lp->model = model;
 	lp->lfd = lfd;
-	lp->accepting = 1;
-	lp->accept_again = 1;
+	lp->fd_limit = fd_limit;
+	lp->edge = edge;
+	/* The first conn_tick() starts accepting, through the listen hook. */
+	lp->accepting = 0;
 	lp->reserve = net_reserve_open();
 	lp->rbuf = malloc(s->bufsize);
 	if (lp->reserve < 0 || lp->rbuf == NULL) {

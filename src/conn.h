@@ -33,6 +33,7 @@ struct conn {
 	int		 fd;
 	unsigned	 flags;
 	int		 slot;		/* the model's index (pollfd array, ...) */
+	unsigned	 watched;	/* the model's: what its kernel set holds */
 	size_t		 pending;	/* bytes queued for output */
 	struct conn_chunk *head, *tail;
 	int64_t		 last;		/* last activity, for -t and linger */
@@ -47,12 +48,16 @@ struct conn {
  * What a model tells the loop.  add: a new connection enters the model's
  * table (< 0 refuses it).  update: the connection's interest
  * (conn_interest()) may have changed; NULL when the model asks every time.
- * remove: the connection leaves the table, just before close().
+ * remove: the connection leaves the table, just before close().  listen:
+ * the loop starts (1) or stops (0) accepting: at its first conn_tick(),
+ * at the -m limit and below it again, and at stop before it closes the
+ * listener; NULL when the model looks at lp->accepting every time.
  */
 struct conn_ops {
 	int	(*add)(struct conn_loop *, struct conn *);
 	void	(*update)(struct conn_loop *, struct conn *);
 	void	(*remove)(struct conn_loop *, struct conn *);
+	void	(*listen)(struct conn_loop *, int on);
 };
 
 struct conn_list {
@@ -64,10 +69,10 @@ struct conn_loop {
 	const struct conn_ops	*ops;
 	void			*model;		/* the model's own state */
 	int			 lfd, reserve;
-	int			 accepting;	/* the model watches lfd */
+	int			 accepting;	/* the loop's: see conn_ops.listen */
 	int			 accept_again;	/* edge models: try accept */
-	int			 fd_limit;	/* refuse fd >= this; 0 = none */
-	int			 edge;		/* readiness is not re-reported */
+	int			 fd_limit;	/* init's: refuse fd >= this; 0 = none */
+	int			 edge;		/* init's: readiness is not re-reported */
 	int			 stopping;
 	int64_t			 stop_deadline;
 	int			 nconns;
@@ -81,16 +86,22 @@ struct conn_loop {
 #define CONN_WANT_READ	0x1
 #define CONN_WANT_WRITE	0x2
 
+/*
+ * FD_LIMIT (or 0): descriptors from it up are refused (select's
+ * FD_SETSIZE).  EDGE: the model hears of input once, when it arrives
+ * (sigio): the loop keeps the again list for it.  Returns 0 or -errno.
+ */
 int	conn_loop_init(struct conn_loop *, struct srv *, int lfd,
-	    const struct conn_ops *, void *model);
+	    const struct conn_ops *, void *model, int fd_limit, int edge);
 void	conn_loop_fini(struct conn_loop *);
 
 unsigned conn_interest(const struct conn *);
 
 /*
- * Accept up to a batch of connections.  Returns 1 when the batch ran out
- * with more perhaps pending (an edge-style model must come back: it also
- * sets accept_again), 0 otherwise.
+ * Accept up to a batch of connections (nothing unless accepting).
+ * Returns 1 when the batch ran out with more perhaps pending (an
+ * edge-style model must come back: accept_again is then set; it is
+ * cleared otherwise), 0 otherwise.
  */
 int	conn_accept(struct conn_loop *);
 
@@ -123,9 +134,9 @@ void	conn_again(struct conn_loop *, struct conn *);
 void	conn_run_again(struct conn_loop *);
 
 /*
- * Graceful stop: the model stops watching the listener first, then
- * calls this, which closes it; idle connections close now, the others
- * get a grace period to flush.  conn_loop_done() once all are closed.
+ * Graceful stop: the loop stops accepting (the listen hook) and closes
+ * the listener; idle connections close now, the others get
+ * SRV_STOP_GRACE_MS to flush.  conn_loop_done() once all are closed.
  */
 void	conn_begin_stop(struct conn_loop *);
 

@@ -39,7 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -61,7 +60,6 @@
 struct eloop {
 	struct conn_loop lp;
 	int		 ep, sfd;
-	int		 watching;	/* the listener is in the interest list */
 	/* Sentinels: epoll_data for the non-connection descriptors. */
 	char		 tag_listen, tag_signal;
 };
@@ -89,7 +87,7 @@ ep_add(struct conn_loop *lp, struct conn *c)
 	/* The kernel keeps the interest list: one call per connection. */
 	if (epoll_ctl(el->ep, EPOLL_CTL_ADD, c->fd, &e) < 0)
 		return -errno;
-	c->slot = (int)e.events;	/* what is registered, to skip no-op MODs */
+	c->watched = e.events;		/* what is registered, to skip no-op MODs */
 	return 0;
 }
 
@@ -100,13 +98,29 @@ ep_update(struct conn_loop *lp, struct conn *c)
 	struct epoll_event e = { .events = to_epoll(conn_interest(c)), .data.ptr = c };
 
 	/* epoll_ctl is a system call: make it only on a real change. */
-	if ((uint32_t)c->slot == e.events)
+	if (c->watched == e.events)
 		return;
 	if (epoll_ctl(el->ep, EPOLL_CTL_MOD, c->fd, &e) < 0) {
 		srv_warn(lp->srv, "epoll_ctl: %s", strerror(errno));
 		return;
 	}
-	c->slot = (int)e.events;
+	c->watched = e.events;
+}
+
+/* The loop starts or stops accepting (its first tick, -m, stop). */
+static void
+ep_listen(struct conn_loop *lp, int on)
+{
+	struct eloop *el = lp->model;
+	struct epoll_event e = { .events = EPOLLIN, .data.ptr = &el->tag_listen };
+
+	/*
+	 * At the -m limit the listener leaves the interest list: new
+	 * clients wait in the kernel's accept queue instead of being
+	 * accepted and refused.
+	 */
+	if (epoll_ctl(el->ep, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, lp->lfd, &e) < 0)
+		srv_warn(lp->srv, "epoll_ctl(listener): %s", strerror(errno));
 }
 
 /*
@@ -118,41 +132,8 @@ ep_update(struct conn_loop *lp, struct conn *c)
 static const struct conn_ops ep_ops = {
 	.add = ep_add,
 	.update = ep_update,
+	.listen = ep_listen,
 };
-
-/* Follow the shared loop's wish to accept or not (-m, stop). */
-static void
-sync_listener(struct eloop *el)
-{
-	struct epoll_event e = { .events = EPOLLIN, .data.ptr = &el->tag_listen };
-	int want = el->lp.accepting && el->lp.lfd >= 0;
-
-	if (want == el->watching)
-		return;
-	/*
-	 * At the -m limit the listener leaves the interest list: new
-	 * clients wait in the kernel's accept queue instead of being
-	 * accepted and refused.
-	 */
-	if (epoll_ctl(el->ep, want ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, el->lp.lfd, &e) < 0)
-		srv_warn(el->lp.srv, "epoll_ctl(listener): %s", strerror(errno));
-	el->watching = want;
-}
-
-static void
-on_signal(struct eloop *el)
-{
-	struct signalfd_siginfo si;
-
-	while (read(el->sfd, &si, sizeof(si)) == sizeof(si)) {
-		if (el->lp.stopping)
-			continue;
-		srv_debug(el->lp.srv, "signal %u: stopping", si.ssi_signo);
-		el->lp.accepting = 0;
-		sync_listener(el);	/* before conn_begin_stop closes it */
-		conn_begin_stop(&el->lp);
-	}
-}
 
 static void
 dispatch(struct eloop *el, const struct epoll_event *ev)
@@ -164,7 +145,7 @@ dispatch(struct eloop *el, const struct epoll_event *ev)
 		return;
 	}
 	if (ev->data.ptr == &el->tag_signal) {
-		on_signal(el);
+		conn_signalfd(&el->lp, el->sfd);
 		return;
 	}
 	/*
@@ -194,7 +175,7 @@ run_loop(struct srv *s, int lfd, int sfd)
 		srv_warn(s, "epoll_create1: %s", strerror(errno));
 		return SRV_EX_OSERR;
 	}
-	if ((r = conn_loop_init(&el.lp, s, lfd, &ep_ops, &el)) < 0) {
+	if ((r = conn_loop_init(&el.lp, s, lfd, &ep_ops, &el, 0, 0)) < 0) {
 		srv_warn(s, "cannot set up the loop: %s", strerror(-r));
 		return SRV_EX_OSERR;
 	}
@@ -208,7 +189,6 @@ run_loop(struct srv *s, int lfd, int sfd)
 		timeout = conn_tick(&el.lp);
 		if (conn_loop_done(&el.lp))
 			break;
-		sync_listener(&el);
 		n = epoll_wait(el.ep, ev, MAX_EVENTS, timeout);
 		if (n < 0) {
 			if (errno == EINTR)
@@ -220,7 +200,6 @@ run_loop(struct srv *s, int lfd, int sfd)
 			dispatch(&el, &ev[i]);
 			conn_event_done(&el.lp);
 		}
-		sync_listener(&el);
 	}
 	conn_loop_fini(&el.lp);
 	close(el.ep);

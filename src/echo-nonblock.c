@@ -107,9 +107,10 @@ run(struct srv *s, int lfd, int sfd, long sleep_us)
 	struct table t = { 0 };
 	struct conn_loop lp;
 	unsigned long before;
+	int r;
 
-	if (conn_loop_init(&lp, s, lfd, &tb_ops, &t) < 0) {
-		srv_warn(s, "cannot set up the loop: %s", strerror(errno));
+	if ((r = conn_loop_init(&lp, s, lfd, &tb_ops, &t, 0, 0)) < 0) {
+		srv_warn(s, "cannot set up the loop: %s", strerror(-r));
 		return SRV_EX_OSERR;
 	}
 	for (;;) {

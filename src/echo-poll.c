@@ -138,13 +138,16 @@ run(struct srv *s, int lfd, int sfd)
 {
 	struct conn_loop lp;
 	struct pollset ps = { .n = P_FIRST, .cap = 64 };
-	int n = 0, timeout;
+	int n = 0, timeout, r;
 
 	ps.pfd = calloc((size_t)ps.cap, sizeof(*ps.pfd));
 	ps.conns = calloc((size_t)ps.cap, sizeof(*ps.conns));
-	if (ps.pfd == NULL || ps.conns == NULL ||
-	    conn_loop_init(&lp, s, lfd, &ps_ops, &ps) < 0) {
-		srv_warn(s, "cannot set up the loop: %s", strerror(errno));
+	if (ps.pfd == NULL || ps.conns == NULL)
+		r = -ENOMEM;
+	else
+		r = conn_loop_init(&lp, s, lfd, &ps_ops, &ps, 0, 0);
+	if (r < 0) {
+		srv_warn(s, "cannot set up the loop: %s", strerror(-r));
 		return SRV_EX_OSERR;
 	}
 	ps.pfd[P_SIGNAL] = (struct pollfd){ .fd = sfd, .events = POLLIN };

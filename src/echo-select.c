@@ -127,13 +127,16 @@ run(struct srv *s, int lfd, int sfd)
 	struct selset *ss = calloc(1, sizeof(*ss));
 	struct timeval tv;
 	fd_set r, w;
-	int n = 0, timeout, top;
+	int n = 0, timeout, top, err;
 
-	if (ss == NULL || conn_loop_init(&lp, s, lfd, &ss_ops, ss) < 0) {
-		srv_warn(s, "cannot set up the loop: %s", strerror(errno));
+	if (ss == NULL)
+		err = -ENOMEM;
+	else
+		err = conn_loop_init(&lp, s, lfd, &ss_ops, ss, FD_SETSIZE, 0);
+	if (err < 0) {
+		srv_warn(s, "cannot set up the loop: %s", strerror(-err));
 		return SRV_EX_OSERR;
 	}
-	lp.fd_limit = FD_SETSIZE;
 	ss->maxfd = -1;
 	for (;;) {
 		timeout = conn_tick(&lp);

@@ -43,7 +43,6 @@
 struct sigio {
 	int		 rtsig;
 	pid_t		 self;		/* F_SETOWN: signal this process */
-	int		 lfd;		/* the listener, while open */
 	struct conn	**byfd;
 	int		 cap;
 	unsigned long	 overflows;
@@ -116,14 +115,6 @@ on_event(struct conn_loop *lp, struct conn *c, long band, int drain)
 	conn_event_done(lp);
 }
 
-static void
-accept_now(struct conn_loop *lp)
-{
-	lp->accept_again = 0;
-	if (lp->accepting)
-		conn_accept(lp);
-}
-
 /*
  * Notifications were lost: throw away the queued ones (their news is
  * stale once everything is looked at) and look at everything.
@@ -145,7 +136,7 @@ rescan(struct conn_loop *lp, struct sigio *sg)
 	for (fd = 0; fd < sg->cap; fd++)
 		if (sg->byfd[fd] != NULL)
 			on_event(lp, sg->byfd[fd], POLLIN | POLLOUT, 1);
-	accept_now(lp);
+	conn_accept(lp);
 }
 
 /* One signal taken from the queue. */
@@ -161,51 +152,38 @@ dispatch(struct conn_loop *lp, struct sigio *sg, const siginfo_t *si)
 	if (si->si_signo != sg->rtsig) {
 		srv_debug(lp->srv, "signal %d: stopping", si->si_signo);
 		conn_begin_stop(lp);
-		sg->lfd = -1;
 		return;
 	}
 	fd = si->si_fd;
-	if (fd == sg->lfd && fd >= 0)
-		accept_now(lp);
+	/* The loop sets lfd to -1 when it closes the listener. */
+	if (fd == lp->lfd && fd >= 0)
+		conn_accept(lp);
 	else if (fd >= 0 && fd < sg->cap && sg->byfd[fd] != NULL)
 		on_event(lp, sg->byfd[fd], si->si_band, 0);
 	/* else: news of a descriptor closed since; nothing to do. */
 }
 
 static int
-wait_signal(const sigset_t *set, siginfo_t *si, int ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000,
-	    .tv_nsec = (long)(ms % 1000) * 1000000L };
-	int sig;
-
-	do
-		sig = ms < 0 ? sigwaitinfo(set, si) : sigtimedwait(set, si, &ts);
-	while (sig < 0 && errno == EINTR);
-	return sig;
-}
-
-static int
 run(struct srv *s, int lfd, const sigset_t *set, int rtsig)
 {
-	struct sigio sg = { .rtsig = rtsig, .self = getpid(), .lfd = lfd };
+	struct sigio sg = { .rtsig = rtsig, .self = getpid() };
 	struct conn_loop lp;
 	siginfo_t si;
-	int timeout;
+	int timeout, r;
 
-	if (conn_loop_init(&lp, s, lfd, &sg_ops, &sg) < 0 ||
-	    arm(lfd, rtsig, sg.self) < 0) {
-		srv_warn(s, "cannot set up the loop: %s", strerror(errno));
+	/* Edge-style: a signal per event, never re-reported. */
+	if ((r = conn_loop_init(&lp, s, lfd, &sg_ops, &sg, 0, 1)) < 0 ||
+	    (r = arm(lfd, rtsig, sg.self)) < 0) {
+		srv_warn(s, "cannot set up the loop: %s", strerror(-r));
 		return SRV_EX_OSERR;
 	}
-	lp.edge = 1;
 	srv_ready(s);
 	for (;;) {
 		timeout = conn_tick(&lp);
 		if (conn_loop_done(&lp))
 			break;
 		if (lp.accept_again)
-			accept_now(&lp);
+			conn_accept(&lp);
 		conn_run_again(&lp);
 		if (lp.again || (lp.accept_again && lp.accepting))
 			timeout = 0;
@@ -214,7 +192,7 @@ run(struct srv *s, int lfd, const sigset_t *set, int rtsig)
 		 * more are queued, and an extra call to find the queue empty
 		 * would cost a system call per message.
 		 */
-		if (wait_signal(set, &si, timeout) > 0)
+		if (srv_wait_signal(set, &si, timeout) > 0)
 			dispatch(&lp, &sg, &si);
 	}
 	if (sg.overflows)
@@ -244,9 +222,7 @@ main(int argc, char **argv)
 	sigemptyset(&set);
 	sigaddset(&set, rtsig);
 	sigaddset(&set, SIGIO);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGHUP);
+	srv_sigset_stop(&set);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	lfd = srv_listen(&s, NET_NONBLOCK);
 	return run(&s, lfd, &set, rtsig);

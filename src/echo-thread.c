@@ -43,7 +43,6 @@
 #include "net.h"
 #include "server.h"
 
-#define STOP_GRACE_MS	2000
 #define OPT_STACK	256
 /*
  * The smallest --stack: what the deepest request a service accepts needs.
@@ -108,9 +107,7 @@ start(const struct srv *s, struct conn_reg *reg, pthread_attr_t *attr,
 	*j = (struct job){ .srv = s, .reg = reg, .fd = fd, .peer = *peer };
 	/* The new thread inherits the mask: signals stay with main. */
 	sigemptyset(&block);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGHUP);
+	srv_sigset_stop(&block);
 	pthread_sigmask(SIG_BLOCK, &block, &old);
 	err = pthread_create(&t, attr, serve, j);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -179,7 +176,7 @@ main(int argc, char **argv)
 		start(&s, &reg, &attr, fd, &peer);
 	}
 	conn_blocking_close(lfd, reserve);
-	conn_reg_drain(&reg, STOP_GRACE_MS);
+	conn_reg_drain(&reg, SRV_STOP_GRACE_MS);
 	pthread_attr_destroy(&attr);
 	conn_reg_fini(&reg);
 	return fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR;

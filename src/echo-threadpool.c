@@ -41,7 +41,6 @@
 #include "net.h"
 #include "server.h"
 
-#define STOP_GRACE_MS	2000
 #define OPT_QUEUE	256
 
 struct job {
@@ -158,12 +157,7 @@ pool_wait_room(struct pool *p, int max)
 
 	pthread_mutex_lock(&p->mu);
 	while (p->busy + (int)p->len >= max && !srv_stop) {
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += 100 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		srv_deadline(&ts, 100);
 		pthread_cond_timedwait(&p->room, &p->mu, &ts);
 	}
 	pthread_mutex_unlock(&p->mu);
@@ -172,8 +166,6 @@ pool_wait_room(struct pool *p, int max)
 static int
 pool_init(struct pool *p, const struct srv *s, size_t queue, int nworkers)
 {
-	pthread_condattr_t ca;
-
 	memset(p, 0, sizeof(*p));
 	p->srv = s;
 	p->queue = queue;
@@ -183,11 +175,8 @@ pool_init(struct pool *p, const struct srv *s, size_t queue, int nworkers)
 	if (p->ring == NULL || conn_reg_init(&p->reg) < 0 ||
 	    pthread_mutex_init(&p->mu, NULL) != 0 ||
 	    pthread_cond_init(&p->work, NULL) != 0 ||
-	    pthread_condattr_init(&ca) != 0 ||
-	    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
-	    pthread_cond_init(&p->room, &ca) != 0)
+	    srv_cond_init(&p->room) < 0)
 		return -1;
-	pthread_condattr_destroy(&ca);
 	return 0;
 }
 
@@ -199,9 +188,7 @@ pool_start(struct pool *p, pthread_t *tids, int n)
 	int i, err = 0;
 
 	sigemptyset(&block);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGHUP);
+	srv_sigset_stop(&block);
 	pthread_sigmask(SIG_BLOCK, &block, &old);
 	for (i = 0; i < n; i++)
 		if ((err = pthread_create(&tids[i], NULL, worker, p)) != 0)
@@ -226,7 +213,7 @@ pool_stop(struct pool *p, pthread_t *tids, int n)
 	}
 	pthread_cond_broadcast(&p->work);
 	pthread_mutex_unlock(&p->mu);
-	conn_reg_drain(&p->reg, STOP_GRACE_MS);
+	conn_reg_drain(&p->reg, SRV_STOP_GRACE_MS);
 	for (i = 0; i < n; i++)
 		pthread_join(tids[i], NULL);
 	conn_reg_fini(&p->reg);

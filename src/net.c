@@ -179,25 +179,6 @@ net_peer_addr(int fd, struct net_addr *out)
 }
 
 int
-net_addr_port(const struct net_addr *a)
-{
-	if (a->ss.ss_family == AF_INET)
-		return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
-	if (a->ss.ss_family == AF_INET6)
-		return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
-	return -1;
-}
-
-void
-net_addr_set_port(struct net_addr *a, int port)
-{
-	if (a->ss.ss_family == AF_INET)
-		((struct sockaddr_in *)&a->ss)->sin_port = htons((uint16_t)port);
-	else if (a->ss.ss_family == AF_INET6)
-		((struct sockaddr_in6 *)&a->ss)->sin6_port = htons((uint16_t)port);
-}
-
-int
 net_listen(const struct net_addr *a, int backlog, int flags)
 {
 	int fd, one = 1, type = SOCK_STREAM | SOCK_CLOEXEC;

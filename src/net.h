@@ -40,8 +40,6 @@ const char *net_addr_str(const struct net_addr *a, char *buf, size_t size);
 /* Bound (local) and peer address of a socket. */
 int	net_local_addr(int fd, struct net_addr *out);
 int	net_peer_addr(int fd, struct net_addr *out);
-int	net_addr_port(const struct net_addr *a);	/* -1 for unix */
-void	net_addr_set_port(struct net_addr *a, int port);
 
 /*
  * socket + SO_REUSEADDR (+ SO_REUSEPORT) + bind + listen, close-on-exec.

@@ -82,7 +82,7 @@ bconn_queue(struct bconn *b, const uint8_t *buf, size_t len)
 			goto out;
 	}
 	pending = b->pending;
-	if (pending + len > s->svc_cfg.max_pending ||
+	if (srv_too_pending(s, pending, len) ||
 	    (c = malloc(sizeof(*c) + len)) == NULL)
 		doom = b->doomed = 1;
 	else {
@@ -102,8 +102,7 @@ bconn_queue(struct bconn *b, const uint8_t *buf, size_t len)
 out:
 	pthread_mutex_unlock(&b->mu);
 	if (doom) {
-		srv_log(s, "%s: %zu bytes of output pending, not reading: "
-		    "disconnected", b->peer, pending);
+		srv_log_not_reading(s, b->peer, pending);
 		(void)shutdown(b->fd, SHUT_RDWR);
 	}
 	if (wake)
@@ -216,15 +215,9 @@ bconn_detach(struct bconn *b)
 int
 conn_reg_init(struct conn_reg *r)
 {
-	pthread_condattr_t ca;
-
 	memset(r, 0, sizeof(*r));
-	/* Deadlines on the monotonic clock: a clock step must not shorten them. */
-	if (pthread_condattr_init(&ca) != 0 ||
-	    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
-	    pthread_cond_init(&r->cv, &ca) != 0)
+	if (srv_cond_init(&r->cv) < 0)
 		return -ENOMEM;
-	pthread_condattr_destroy(&ca);
 	if (pthread_mutex_init(&r->mu, NULL) != 0)
 		return -ENOMEM;
 	return 0;
@@ -278,18 +271,6 @@ conn_reg_del(struct conn_reg *r, int fd)
 	pthread_mutex_unlock(&r->mu);
 }
 
-static void
-deadline_in(struct timespec *ts, int ms)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
 void
 conn_reg_wait_below(struct conn_reg *r, size_t n)
 {
@@ -301,7 +282,7 @@ conn_reg_wait_below(struct conn_reg *r, size_t n)
 	 */
 	pthread_mutex_lock(&r->mu);
 	while (r->n >= n && !srv_stop) {
-		deadline_in(&ts, 100);
+		srv_deadline(&ts, 100);
 		pthread_cond_timedwait(&r->cv, &r->mu, &ts);
 	}
 	pthread_mutex_unlock(&r->mu);
@@ -321,7 +302,7 @@ conn_reg_wait_drop(struct conn_reg *r, int ms)
 
 	pthread_mutex_lock(&r->mu);
 	d0 = r->dels;
-	deadline_in(&ts, ms);
+	srv_deadline(&ts, ms);
 	while (r->dels == d0 && r->n > 0 && !srv_stop)
 		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
 			break;
@@ -352,7 +333,7 @@ conn_reg_drain(struct conn_reg *r, int grace_ms)
 	pthread_mutex_lock(&r->mu);
 	r->closing = 1;
 	reg_shutdown(r, SHUT_RD);
-	deadline_in(&ts, grace_ms);
+	srv_deadline(&ts, grace_ms);
 	while (r->n > 0)
 		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
 			break;

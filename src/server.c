@@ -688,3 +688,42 @@ srv_raise_nofile(const struct srv *s)
 	if (r < 0)
 		srv_debug(s, "cannot raise RLIMIT_NOFILE: %s", strerror((int)-r));
 }
+
+int
+srv_cond_init(pthread_cond_t *cv)
+{
+	pthread_condattr_t ca;
+	int r;
+
+	if (pthread_condattr_init(&ca) != 0)
+		return -ENOMEM;
+	r = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+	    pthread_cond_init(cv, &ca) == 0 ? 0 : -ENOMEM;
+	pthread_condattr_destroy(&ca);
+	return r;
+}
+
+void
+srv_deadline(struct timespec *ts, int ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+int
+srv_too_pending(const struct srv *s, size_t pending, size_t len)
+{
+	return pending + len > s->svc_cfg.max_pending;
+}
+
+void
+srv_log_not_reading(const struct srv *s, const char *peer, size_t pending)
+{
+	srv_log(s, "%s: %zu bytes of output pending, not reading: "
+	    "disconnected", peer ? peer : "client", pending);
+}

@@ -4,19 +4,26 @@
  *
  * A model's main() is:
  *
- *	struct srv srv;
- *	srv_init(&srv, &model, argc, argv);	// exits 64 on a bad command line
- *	int lfd = srv_listen(&srv, NET_NONBLOCK); // exits 69/71 on failure
- *	... install signals, srv_ready(&srv, lfd), run the loop ...
- *	return srv_exit(&srv);
+ *	struct srv s;
+ *	srv_init(&s, &model, argc, argv, NULL);	// exits 64 on a bad command line
+ *	srv_raise_nofile(&s);
+ *	int lfd = srv_listen(&s, NET_NONBLOCK);	// exits 69/71 on failure
+ *	... install the stop (srv_signals_block(), or blocking.h's
+ *	    conn_wake_signals()), srv_ready(&s), run the loop ...
+ *	return SRV_EX_OK;
+ *
+ * (conn_loop_listen() and conn_blocking_listen() do the middle part for
+ * the readiness and the blocking models.)
  */
 #ifndef IOMODELS_SERVER_H
 #define IOMODELS_SERVER_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "net.h"
 #include "service.h"
@@ -166,6 +173,17 @@ void	srv_sigset_stop(sigset_t *set);
  */
 int	srv_wait_signal(const sigset_t *set, siginfo_t *si, int ms);
 
+/*
+ * The policy for a recipient of a broadcast that does not read: once
+ * PENDING bytes already queued for it plus LEN more pass --max-pending,
+ * every model disconnects it, rather than let it hold memory or slow the
+ * others down.  srv_too_pending() says when; srv_log_not_reading() says
+ * so in the log, one line per client dropped.
+ */
+int	srv_too_pending(const struct srv *s, size_t pending, size_t len);
+void	srv_log_not_reading(const struct srv *s, const char *peer,
+	    size_t pending);
+
 /* Logging to stderr, prefixed with the program name (and pid for -w > 1). */
 void	srv_log(const struct srv *s, const char *fmt, ...)
 	    __attribute__((format(printf, 2, 3)));	/* unless -q */
@@ -176,6 +194,15 @@ void	srv_warn(const struct srv *s, const char *fmt, ...)
 
 /* Monotonic time in milliseconds. */
 int64_t	srv_now_ms(void);
+
+/*
+ * Waits with a deadline on the monotonic clock, so that a step of the
+ * wall clock neither shortens nor stretches them: srv_cond_init() makes
+ * a condition variable that measures its timeouts on that clock (0 or
+ * -ENOMEM), srv_deadline() the absolute time MS from now on it.
+ */
+int	srv_cond_init(pthread_cond_t *cv);
+void	srv_deadline(struct timespec *ts, int ms);
 
 /*
  * Raise RLIMIT_NOFILE's soft limit to the hard limit: a server that wants
