@@ -15,7 +15,7 @@
  *     not read while the queue is full; the socket is always read.
  *   - end of input: the queue is sent, then shutdown(SHUT_WR) tells the
  *     server, and the client leaves when the server closes (or after
- *     LINGER_MS), so nothing typed is lost: `cmd | iomodels-chat` works.
+ *     EOF_WAIT_MS), so nothing typed is lost: `cmd | iomodels-chat` works.
  * Exit status: 0 at the end of the input or when the server closes, 69
  * when the connection cannot be made, 74 when it fails, 64 for a bad
  * command line.
@@ -36,13 +36,11 @@
 #include <unistd.h>
 
 #include "net.h"
+#include "tool.h"
 
 #define PROG		"iomodels-chat"
-#define EX_USAGE	64
-#define EX_UNAVAILABLE	69
-#define EX_IOERR	74
 #define QUEUE_MAX	(64 * 1024)	/* typed, not yet sent */
-#define LINGER_MS	5000		/* after our EOF, wait this for the server's */
+#define EOF_WAIT_MS	5000		/* after our EOF, wait this for the server's */
 
 struct chat {
 	int	 fd;
@@ -69,29 +67,6 @@ usage(FILE *f)
 	    "Lines typed go to everyone else; /help asks the server for its "
 	    "commands.\nEnd of input (^D) or the server closing ends the "
 	    "client.\n");
-}
-
-static void __attribute__((format(printf, 1, 2), noreturn))
-usage_error(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "%s: ", PROG);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	usage(stderr);
-	exit(EX_USAGE);
-}
-
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void
@@ -170,7 +145,7 @@ run(struct chat *c)
 			/* All typed is sent: say so, and wait for the server. */
 			(void)shutdown(c->fd, SHUT_WR);
 			c->shut = 1;
-			c->deadline = now_ms() + LINGER_MS;
+			c->deadline = tool_now_ms() + EOF_WAIT_MS;
 		}
 		p[0].fd = c->fd;
 		p[0].events = POLLIN | (c->qoff < c->qlen ? POLLOUT : 0);
@@ -181,7 +156,7 @@ run(struct chat *c)
 			nfds = 2;
 		}
 		timeout = -1;
-		if (c->shut && (timeout = (int)(c->deadline - now_ms())) <= 0)
+		if (c->shut && (timeout = (int)(c->deadline - tool_now_ms())) <= 0)
 			return 0;
 		if (poll(p, (nfds_t)nfds, timeout) < 0) {
 			if (errno == EINTR)
@@ -212,7 +187,7 @@ parse_port(const char *arg)
 	errno = 0;
 	v = strtol(arg, &end, 10);
 	if (errno || end == arg || *end != '\0' || v < 1 || v > 65535)
-		usage_error("-p: '%s' is not a port from 1 to 65535", arg);
+		tool_usage_error("-p: '%s' is not a port from 1 to 65535", arg);
 	return (int)v;
 }
 
@@ -230,6 +205,7 @@ main(int argc, char **argv)
 	struct net_addr a;
 	int ch, port = 7007, r;
 
+	tool_init(PROG, usage);
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, ":n:p:h", lo, NULL)) != -1) {
 		switch (ch) {
@@ -237,7 +213,7 @@ main(int argc, char **argv)
 			nick = optarg;
 			if (*nick == '\0' || strlen(nick) > 32 ||
 			    strpbrk(nick, " \t\r\n"))
-				usage_error("-n: a name is 1 to 32 characters, "
+				tool_usage_error("-n: a name is 1 to 32 characters, "
 				    "no blank");
 			break;
 		case 'p':
@@ -250,25 +226,25 @@ main(int argc, char **argv)
 			printf("%s (%s) %s\n", PROG, PACKAGE_NAME, PACKAGE_VERSION);
 			return 0;
 		case ':':
-			usage_error("option '%s' needs an argument",
+			tool_usage_error("option '%s' needs an argument",
 			    argv[optind - 1]);
 		default:
-			usage_error("unknown option '%s'", argv[optind - 1]);
+			tool_usage_error("unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind < argc)
 		addr = argv[optind++];
 	if (optind < argc)
-		usage_error("unexpected argument '%s'", argv[optind]);
+		tool_usage_error("unexpected argument '%s'", argv[optind]);
 	if (net_parse_addr(addr, port, &a) < 0)
-		usage_error("not an address: '%s' (want 127.0.0.1, [::1], "
+		tool_usage_error("not an address: '%s' (want 127.0.0.1, [::1], "
 		    "HOST:PORT or unix:/path)", addr);
 	net_addr_str(&a, name, sizeof(name));
 	signal(SIGPIPE, SIG_IGN);	/* EPIPE, said, rather than death */
 	if ((c.fd = net_connect(&a, NET_NONBLOCK)) < 0) {
 		fprintf(stderr, "%s: cannot connect to %s: %s\n", PROG, name,
 		    strerror(-c.fd));
-		return EX_UNAVAILABLE;
+		return TOOL_EX_UNAVAILABLE;
 	}
 	if (nick) {
 		queue(&c, "/nick ", 6);
@@ -279,7 +255,7 @@ main(int argc, char **argv)
 	close(c.fd);
 	if (r < 0) {
 		fprintf(stderr, "%s: %s: %s\n", PROG, name, strerror(-r));
-		return EX_IOERR;
+		return TOOL_EX_IOERR;
 	}
 	return 0;
 }

@@ -37,11 +37,9 @@
 #include <jansson.h>
 
 #include "net.h"
+#include "tool.h"
 
 #define PROG		"rpc-ping"
-#define EX_USAGE	64
-#define EX_UNAVAILABLE	69
-#define EX_PROTOCOL	76
 #define MAX_ANSWER	(64u * 1024 * 1024)	/* at least; see answer_limit() */
 
 struct opts {
@@ -87,20 +85,6 @@ usage(FILE *f)
 	    "69 cannot connect, 76 protocol error.\n");
 }
 
-static void __attribute__((format(printf, 1, 2), noreturn))
-usage_error(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "%s: ", PROG);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	usage(stderr);
-	exit(EX_USAGE);
-}
-
 static double
 parse_secs(const char *name, const char *arg, double max)
 {
@@ -111,7 +95,7 @@ parse_secs(const char *name, const char *arg, double max)
 	v = strtod(arg, &end);
 	if (errno || end == arg || *end != '\0' || !isfinite(v) || v < 0 ||
 	    v > max)
-		usage_error("%s: '%s' is not a number of seconds from 0 to %g",
+		tool_usage_error("%s: '%s' is not a number of seconds from 0 to %g",
 		    name, arg, max);
 	return v;
 }
@@ -125,7 +109,7 @@ parse_long(const char *name, const char *arg, long min, long max)
 	errno = 0;
 	v = strtol(arg, &end, 10);
 	if (errno || end == arg || *end != '\0' || v < min || v > max)
-		usage_error("%s: '%s' is not a number from %ld to %ld", name,
+		tool_usage_error("%s: '%s' is not a number from %ld to %ld", name,
 		    arg, min, max);
 	return v;
 }
@@ -156,7 +140,7 @@ parse_args(int argc, char **argv, struct opts *o)
 		case 't':
 			o->timeout = parse_secs("-t", optarg, 3600);
 			if (o->timeout < 0.001)
-				usage_error("-t: at least 0.001 seconds");
+				tool_usage_error("-t: at least 0.001 seconds");
 			break;
 		case 'M':
 			o->method = optarg;
@@ -166,7 +150,7 @@ parse_args(int argc, char **argv, struct opts *o)
 			o->params = json_loads(optarg,
 			    JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
 			if (o->params == NULL)
-				usage_error("-P: not JSON: %s", e.text);
+				tool_usage_error("-P: not JSON: %s", e.text);
 			break;
 		case 'p':
 			o->port = (int)parse_long("-p", optarg, 1, 65535);
@@ -184,25 +168,23 @@ parse_args(int argc, char **argv, struct opts *o)
 			printf("%s (%s) %s\n", PROG, PACKAGE_NAME, PACKAGE_VERSION);
 			exit(0);
 		case ':':
-			usage_error("option '%s' needs an argument",
+			tool_usage_error("option '%s' needs an argument",
 			    argv[optind - 1]);
 		default:
-			usage_error("unknown option '%s'", argv[optind - 1]);
+			tool_usage_error("unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind < argc)
 		o->addr = argv[optind++];
 	if (optind < argc)
-		usage_error("unexpected argument '%s'", argv[optind]);
+		tool_usage_error("unexpected argument '%s'", argv[optind]);
 }
 
+/* Milliseconds, with the microseconds a round trip on loopback needs. */
 static double
 now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+	return (double)tool_now_us() / 1e3;
 }
 
 static void
@@ -418,16 +400,17 @@ main(int argc, char **argv)
 	int fd, r, bad = 0;
 	long i;
 
+	tool_init(PROG, usage);
 	parse_args(argc, argv, &o);
 	if (net_parse_addr(o.addr, o.port, &a) < 0)
-		usage_error("not an address: '%s' (want 127.0.0.1, [::1], "
+		tool_usage_error("not an address: '%s' (want 127.0.0.1, [::1], "
 		    "HOST:PORT or unix:/path)", o.addr);
 	net_addr_str(&a, name, sizeof(name));
 	signal(SIGPIPE, SIG_IGN);	/* a closed server: EPIPE, said */
 	if ((fd = net_connect(&a, 0)) < 0) {
 		fprintf(stderr, "%s: cannot connect to %s: %s\n", PROG, name,
 		    strerror(-fd));
-		return EX_UNAVAILABLE;
+		return TOOL_EX_UNAVAILABLE;
 	}
 	(void)net_set_nodelay(fd);
 	set_timeout(fd, o.timeout);
@@ -449,5 +432,5 @@ main(int argc, char **argv)
 		    st.sum / (double)(st.pongs + st.errors), st.max);
 	printf("\n");
 	json_decref(o.params);
-	return bad ? EX_PROTOCOL : 0;
+	return bad ? TOOL_EX_PROTOCOL : 0;
 }

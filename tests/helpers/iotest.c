@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "net.h"
+#include "tool.h"
 
 #define CHUNK		(64 * 1024)
 #define EX_FAIL		1
@@ -82,19 +83,10 @@ static int64_t	deadline;		/* ms, monotonic */
 static int64_t	stop_at;		/* roundtrip -D: last round trip starts */
 static volatile sig_atomic_t released;
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int
 remaining_ms(void)
 {
-	int64_t left = deadline - now_ms();
+	int64_t left = deadline - tool_now_ms();
 
 	return left < 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
 }
@@ -289,7 +281,7 @@ enum { C_CONNECTING = 1, C_OPEN, C_DONE, C_FAILED };
 /* How a connection ended, for tolerant runs. */
 enum { R_NONE, R_SERVED, R_CLOSED, R_PENDING };
 
-struct conn {
+struct client {
 	int		 fd;
 	unsigned	 id;
 	int		 state;
@@ -328,7 +320,7 @@ engine_init(void)
 }
 
 static size_t
-msg_of(const struct conn *c, uint64_t off)
+msg_of(const struct client *c, uint64_t off)
 {
 	size_t lo = 0, hi = c->nends;
 
@@ -344,7 +336,7 @@ msg_of(const struct conn *c, uint64_t off)
 }
 
 static const char *
-where(const struct conn *c, uint64_t off)
+where(const struct client *c, uint64_t off)
 {
 	static char s[96];
 
@@ -362,7 +354,7 @@ where(const struct conn *c, uint64_t off)
 
 /* Record a failure: fatal unless the run is tolerant. */
 static void __attribute__((format(printf, 3, 4)))
-conn_fail(struct conn *c, int result, const char *fmt, ...)
+client_fail(struct client *c, int result, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -379,7 +371,7 @@ conn_fail(struct conn *c, int result, const char *fmt, ...)
 }
 
 static void
-conn_done(struct conn *c)
+client_done(struct client *c)
 {
 	c->state = C_DONE;
 	c->result = R_SERVED;
@@ -392,7 +384,7 @@ conn_done(struct conn *c)
 
 /* How much the next write may carry. */
 static size_t
-tx_room(const struct conn *c)
+tx_room(const struct client *c)
 {
 	uint64_t end = c->len;
 
@@ -409,7 +401,7 @@ tx_room(const struct conn *c)
 
 /* Returns 1 on progress, 0 when blocked, -1 when the connection ended. */
 static int
-conn_write(struct conn *c)
+client_write(struct client *c)
 {
 	size_t n = tx_room(c);
 	ssize_t w;
@@ -423,7 +415,7 @@ conn_write(struct conn *c)
 			c->blocked = 1;
 			return 0;
 		}
-		conn_fail(c, R_CLOSED, "%s: write: %s", where(c, c->tx), strerror(errno));
+		client_fail(c, R_CLOSED, "%s: write: %s", where(c, c->tx), strerror(errno));
 		return -1;
 	}
 	c->tx += (uint64_t)w;
@@ -433,12 +425,12 @@ conn_write(struct conn *c)
 }
 
 static int
-conn_verify(struct conn *c, size_t n)
+client_verify(struct client *c, size_t n)
 {
 	size_t i;
 
 	if (c->rx + n > c->len) {
-		conn_fail(c, R_CLOSED, "client %u: %" PRIu64 " bytes came back for %" PRIu64 " sent",
+		client_fail(c, R_CLOSED, "client %u: %" PRIu64 " bytes came back for %" PRIu64 " sent",
 		    c->id, c->rx + n, c->len);
 		return -1;
 	}
@@ -447,13 +439,13 @@ conn_verify(struct conn *c, size_t n)
 		return 0;
 	for (i = 0; eng.buf[i] == eng.want[i]; i++)
 		;
-	conn_fail(c, R_CLOSED, "%s: got 0x%02x, want 0x%02x",
+	client_fail(c, R_CLOSED, "%s: got 0x%02x, want 0x%02x",
 	    where(c, c->rx + i), eng.buf[i], eng.want[i]);
 	return -1;
 }
 
 static int
-conn_read(struct conn *c)
+client_read(struct client *c)
 {
 	ssize_t r;
 
@@ -463,26 +455,26 @@ conn_read(struct conn *c)
 	if (r < 0) {
 		if (errno == EAGAIN || errno == EINTR)
 			return 0;
-		conn_fail(c, R_CLOSED, "%s: read: %s", where(c, c->rx), strerror(errno));
+		client_fail(c, R_CLOSED, "%s: read: %s", where(c, c->rx), strerror(errno));
 		return -1;
 	}
 	if (r == 0) {
 		if (c->shut && c->rx == c->len) {
-			conn_done(c);
+			client_done(c);
 			return -1;
 		}
-		conn_fail(c, R_CLOSED, "%s: the server closed the connection early (%" PRIu64
+		client_fail(c, R_CLOSED, "%s: the server closed the connection early (%" PRIu64
 		    " of %" PRIu64 " bytes echoed)", where(c, c->rx), c->rx, c->len);
 		return -1;
 	}
-	if (conn_verify(c, (size_t)r) < 0)
+	if (client_verify(c, (size_t)r) < 0)
 		return -1;
 	c->rx += (uint64_t)r;
 	return 1;
 }
 
 static void
-conn_open(struct conn *c)
+client_open(struct client *c)
 {
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET };
 	int pending;
@@ -494,7 +486,7 @@ conn_open(struct conn *c)
 		c->fd = -1;
 		if (err == EMFILE || err == ENFILE)
 			fail("client %u: socket: %s (raise ulimit -n)", c->id, strerror(err));
-		conn_fail(c, R_CLOSED, "client %u: connect: %s", c->id, strerror(err));
+		client_fail(c, R_CLOSED, "client %u: connect: %s", c->id, strerror(err));
 		return;
 	}
 	c->state = pending ? C_CONNECTING : C_OPEN;
@@ -505,13 +497,13 @@ conn_open(struct conn *c)
 
 /* Drive C as far as it goes without blocking. */
 static void
-conn_run(struct conn *c)
+client_run(struct client *c)
 {
 	int progress, err;
 
 	if (c->state == C_CONNECTING) {
 		if ((err = sock_error(c->fd)) != 0) {
-			conn_fail(c, R_CLOSED, "client %u: connect: %s", c->id, strerror(err));
+			client_fail(c, R_CLOSED, "client %u: connect: %s", c->id, strerror(err));
 			return;
 		}
 		c->state = C_OPEN;
@@ -522,9 +514,9 @@ conn_run(struct conn *c)
 		progress = 0;
 		/* -D: between two round trips, past the time: the last one. */
 		if (stop_at != 0 && c->msize != 0 && c->rx == c->tx &&
-		    c->tx < c->len && now_ms() >= stop_at)
+		    c->tx < c->len && tool_now_ms() >= stop_at)
 			c->len = c->tx;
-		switch (conn_write(c)) {
+		switch (client_write(c)) {
 		case -1:
 			return;
 		case 1:
@@ -533,12 +525,12 @@ conn_run(struct conn *c)
 		if (!c->shut && c->tx == c->len && (c->shut_early || c->rx == c->len)) {
 			if (c->keep) {
 				if (c->rx == c->len) {
-					conn_done(c);
+					client_done(c);
 					return;
 				}
 			} else {
 				if (shutdown(c->fd, SHUT_WR) < 0) {
-					conn_fail(c, R_CLOSED, "client %u: shutdown: %s",
+					client_fail(c, R_CLOSED, "client %u: shutdown: %s",
 					    c->id, strerror(errno));
 					return;
 				}
@@ -548,7 +540,7 @@ conn_run(struct conn *c)
 		if (c->lazy_read && !c->shut && !c->blocked)
 			continue;
 		c->blocked = 0;
-		switch (conn_read(c)) {
+		switch (client_read(c)) {
 		case -1:
 			return;
 		case 1:
@@ -558,7 +550,7 @@ conn_run(struct conn *c)
 }
 
 static const char *
-conn_status(const struct conn *c)
+client_status(const struct client *c)
 {
 	static char s[200];
 
@@ -575,7 +567,7 @@ conn_status(const struct conn *c)
  * are marked R_PENDING).
  */
 static unsigned
-engine_run(struct conn *cs, size_t n, int open)
+engine_run(struct client *cs, size_t n, int open)
 {
 	struct epoll_event evs[256];
 	unsigned stuck = 0;
@@ -589,11 +581,11 @@ engine_run(struct conn *cs, size_t n, int open)
 			continue;
 		eng.left++;
 		if (open)
-			conn_open(&cs[i]);
+			client_open(&cs[i]);
 	}
 	for (i = 0; i < n; i++)
 		if (cs[i].state == C_OPEN || cs[i].state == C_CONNECTING)
-			conn_run(&cs[i]);
+			client_run(&cs[i]);
 	while (eng.left > 0) {
 		k = epoll_wait(eng.epfd, evs, 256, remaining_ms());
 		if (k < 0 && errno == EINTR)
@@ -603,19 +595,19 @@ engine_run(struct conn *cs, size_t n, int open)
 		if (k == 0)
 			break;
 		for (j = 0; j < k; j++)
-			conn_run(evs[j].data.ptr);
+			client_run(evs[j].data.ptr);
 	}
 	if (eng.left == 0)
 		return 0;
 	for (i = 0; i < n; i++) {
-		struct conn *c = &cs[i];
+		struct client *c = &cs[i];
 
 		if (c->state != C_OPEN && c->state != C_CONNECTING)
 			continue;
 		if (!eng.tolerant)
 			fail("timed out after %d ms: %u of %zu clients unfinished; %s",
-			    opt.timeout_ms, eng.left, n, conn_status(c));
-		snprintf(c->why, sizeof(c->why), "%s", conn_status(c));
+			    opt.timeout_ms, eng.left, n, client_status(c));
+		snprintf(c->why, sizeof(c->why), "%s", client_status(c));
 		c->result = R_PENDING;
 		c->state = C_FAILED;
 		close(c->fd);
@@ -651,10 +643,10 @@ free_all(void)
 		free(allocs[--nallocs]);
 }
 
-static struct conn *
-conns_new(size_t n)
+static struct client *
+clients_new(size_t n)
 {
-	struct conn *cs = xcalloc(n, sizeof(*cs));
+	struct client *cs = xcalloc(n, sizeof(*cs));
 	size_t i;
 
 	for (i = 0; i < n; i++) {
@@ -699,7 +691,7 @@ slurp(const char *path, size_t *len)
 static int
 cmd_echo(void)
 {
-	struct conn *c = conns_new(1);
+	struct client *c = clients_new(1);
 	static const char dflt[] = "hello, echo\n";
 	size_t len;
 
@@ -724,12 +716,12 @@ cmd_echo(void)
 static int
 cmd_stream(void)
 {
-	struct conn *c = conns_new(1);
-	int64_t t0 = now_ms();
+	struct client *c = clients_new(1);
+	int64_t t0 = tool_now_ms();
 
 	c->len = opt.size_set ? (uint64_t)opt.size : 16u << 20;
 	engine_run(c, 1, 1);
-	say("stream: %" PRIu64 " bytes full duplex in %" PRId64 " ms", c->len, now_ms() - t0);
+	say("stream: %" PRIu64 " bytes full duplex in %" PRId64 " ms", c->len, tool_now_ms() - t0);
 	return 0;
 }
 
@@ -737,7 +729,7 @@ cmd_stream(void)
 static int
 cmd_pipeline(void)
 {
-	struct conn *c = conns_new(1);
+	struct client *c = clients_new(1);
 	long n = opt.n ? opt.n : 20000;
 	uint64_t max = opt.size_set ? (uint64_t)opt.size : 512, off = 0;
 	uint64_t *ends = xcalloc((size_t)n, sizeof(*ends));
@@ -761,8 +753,8 @@ cmd_concurrent(void)
 {
 	long n = opt.n ? opt.n : 300, i;
 	uint64_t max = opt.size_set ? (uint64_t)opt.size : 128 * 1024, total = 0;
-	struct conn *cs = conns_new((size_t)n);
-	int64_t t0 = now_ms();
+	struct client *cs = clients_new((size_t)n);
+	int64_t t0 = tool_now_ms();
 
 	for (i = 0; i < n; i++) {
 		cs[i].len = 1 + rnd(max);
@@ -770,7 +762,7 @@ cmd_concurrent(void)
 	}
 	engine_run(cs, (size_t)n, 1);
 	say("concurrent: %ld clients, %" PRIu64 " bytes, no cross-talk, %" PRId64 " ms",
-	    n, total, now_ms() - t0);
+	    n, total, tool_now_ms() - t0);
 	return 0;
 }
 
@@ -780,11 +772,11 @@ static int cmd_halfclose_fill(void);
 static int
 cmd_halfclose(void)
 {
-	struct conn *c;
+	struct client *c;
 
 	if (opt.fill)
 		return cmd_halfclose_fill();
-	c = conns_new(1);
+	c = clients_new(1);
 
 	c->len = opt.size_set ? (uint64_t)opt.size : 1u << 20;
 	c->shut_early = 1;
@@ -839,7 +831,7 @@ cmd_resetstorm(void)
 	long n = opt.n ? opt.n : 200, i, wave = 50, w;
 	uint64_t size = opt.size_set ? (uint64_t)opt.size : 1u << 20;
 	int fds[50];
-	struct conn *c;
+	struct client *c;
 
 	for (i = 0; i < n; i += wave) {
 		long k = n - i < wave ? n - i : wave;
@@ -856,7 +848,7 @@ cmd_resetstorm(void)
 			reset_close(fds[w]);
 		}
 	}
-	c = conns_new(1);
+	c = clients_new(1);
 	c->len = 256 * 1024;
 	engine_run(c, 1, 1);
 	say("resetstorm: %ld connections reset mid-stream; the server still serves", n);
@@ -886,12 +878,12 @@ catch_release(void)
 static void
 hold(void)
 {
-	int64_t until = now_ms() + opt.hold_ms;
+	int64_t until = tool_now_ms() + opt.hold_ms;
 	struct pollfd p = { .fd = opt.hold_stdin ? 0 : -1, .events = POLLIN };
 	char c[256];
 
 	while (!released) {
-		int64_t left = until - now_ms();
+		int64_t left = until - tool_now_ms();
 
 		if (left <= 0)
 			break;
@@ -906,7 +898,7 @@ hold(void)
  * progress for -t ms.  More than LIMIT bytes means no backpressure.
  */
 static void
-fill(struct conn *c, uint64_t limit)
+fill(struct client *c, uint64_t limit)
 {
 	ssize_t w;
 
@@ -932,7 +924,7 @@ fill(struct conn *c, uint64_t limit)
 
 /* Hand a connection made by connect_one() to the engine: read C->tx back. */
 static void
-drain(struct conn *c)
+drain(struct client *c)
 {
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
 		.data.ptr = c };
@@ -956,7 +948,7 @@ drain(struct conn *c)
 static int
 cmd_halfclose_fill(void)
 {
-	struct conn *c = conns_new(1);
+	struct client *c = clients_new(1);
 
 	if (opt.rcvbuf == 0)
 		opt.rcvbuf = 64 * 1024;	/* no autotuned megabytes on our side */
@@ -980,14 +972,14 @@ cmd_halfclose_fill(void)
 static int
 cmd_slowreader(void)
 {
-	struct conn *c = conns_new(1);
+	struct client *c = clients_new(1);
 
 	catch_release();
 	c->fd = connect_one("slow reader");
 	fill(c, opt.size_set ? (uint64_t)opt.size : 256u << 20);
 	say("blocked %" PRIu64, c->tx);
 	hold();
-	deadline = now_ms() + opt.timeout_ms;
+	deadline = tool_now_ms() + opt.timeout_ms;
 	drain(c);
 	say("drained %" PRIu64 " bytes intact", c->len);
 	return 0;
@@ -1003,7 +995,7 @@ static int
 cmd_idle(void)
 {
 	long n = opt.n ? opt.n : 2000, i;
-	struct conn *cs = conns_new((size_t)n);
+	struct client *cs = clients_new((size_t)n);
 	unsigned count[4] = { 0 };
 	const char *first = NULL;
 
@@ -1015,7 +1007,7 @@ cmd_idle(void)
 	}
 	/* The pings get their own, shorter deadline when some may stay unanswered. */
 	if (opt.tolerant && opt.ping_ms < remaining_ms())
-		deadline = now_ms() + opt.ping_ms;
+		deadline = tool_now_ms() + opt.ping_ms;
 	engine_run(cs, (size_t)n, 1);
 	for (i = 0; i < n; i++) {
 		count[cs[i].result]++;
@@ -1028,10 +1020,10 @@ cmd_idle(void)
 		fprintf(stderr, "iotest idle: first unserved: %s\n", first);
 	hold();
 
-	deadline = now_ms() + opt.timeout_ms;
+	deadline = tool_now_ms() + opt.timeout_ms;
 	if (opt.expect_closed) {
 		for (i = 0; i < n; i++) {
-			struct conn *c = &cs[i];
+			struct client *c = &cs[i];
 			ssize_t r;
 
 			if (c->fd < 0)
@@ -1066,8 +1058,8 @@ cmd_churn(void)
 {
 	long n = opt.n ? opt.n : 1000, i;
 	uint64_t size = opt.size_set ? (uint64_t)opt.size : 64;
-	struct conn *c = conns_new(1);
-	int64_t t0 = now_ms();
+	struct client *c = clients_new(1);
+	int64_t t0 = tool_now_ms();
 
 	for (i = 0; i < n; i++) {
 		memset(c, 0, sizeof(*c));
@@ -1077,7 +1069,7 @@ cmd_churn(void)
 		c->len = size;
 		engine_run(c, 1, 1);
 	}
-	say("churn: %ld connections in %" PRId64 " ms", n, now_ms() - t0);
+	say("churn: %ld connections in %" PRId64 " ms", n, tool_now_ms() - t0);
 	return 0;
 }
 
@@ -1087,7 +1079,7 @@ cmd_roundtrip(void)
 {
 	long n = opt.n ? opt.n : 1, m = opt.m ? opt.m : 1000, i;
 	uint64_t size = opt.size_set ? (uint64_t)opt.size : 128;
-	struct conn *cs = conns_new((size_t)n);
+	struct client *cs = clients_new((size_t)n);
 	int64_t t0, ms;
 	double secs;
 
@@ -1100,11 +1092,11 @@ cmd_roundtrip(void)
 		cs[i].window = size;
 		cs[i].len = size * (uint64_t)m;
 	}
-	t0 = now_ms();
+	t0 = tool_now_ms();
 	if (opt.duration_ms != 0)
 		stop_at = t0 + opt.duration_ms;
 	engine_run(cs, (size_t)n, 1);
-	ms = now_ms() - t0;
+	ms = tool_now_ms() - t0;
 	secs = ms > 0 ? ms / 1000.0 : 0.001;
 	for (i = 0; i < n; i++)
 		total += cs[i].len / size;
@@ -1215,7 +1207,7 @@ main(int argc, char **argv)
 		usage("bad address (want HOST:PORT, [V6]:PORT or unix:/path)");
 	rng_state = mix(opt.seed ^ 0x5eed);
 	signal(SIGPIPE, SIG_IGN);
-	deadline = now_ms() + opt.timeout_ms;
+	deadline = tool_now_ms() + opt.timeout_ms;
 	engine_init();
 	for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (strcmp(cmds[i].name, opt.cmd) == 0) {
