@@ -3,7 +3,8 @@
 # the fork server leaves no zombie, the thread and pool servers hold their
 # caps, prefork's accept locks and per-child counts, the worker supervisor's
 # back-off (echo-epoll -w, echo-prefork), the busy-wait server's
-# CPU, select's FD_SETSIZE ceiling, sigio's real-time queue overflow.
+# CPU, select's FD_SETSIZE ceiling, sigio's real-time queue overflow; and
+# the source layout (no include cycle, no file over 1,000 lines).
 #
 # By hand, from the build directory: tests/run-bats $top_srcdir/tests/models.bats
 
@@ -481,4 +482,31 @@ crash_loop() { # PID
 	stop_server
 	run without_fd3 "$top_builddir/src/echo-coro" -p 0 --stack 32k
 	((status == 64)) || fail "--stack 32k: exit $status, want 64"
+}
+
+# ---- the source layout (src/README) ----------------------------------------------
+
+@test "layout: the include graph of src/ has no cycle, and no layer includes a model" {
+	local f h edges=() out
+	for f in "$top_srcdir"/src/*.[ch] "$top_srcdir"/src/*/*.[ch]; do
+		[[ -e $f ]] || continue
+		while read -r h; do
+			# A model is an echo-*.c, a client or the bench: none has a header.
+			[[ $h == echo-* || $h == rpc-ping* || $h == iomodels-chat* ]] &&
+				fail "${f#"$top_srcdir"/} includes a model: $h"
+			edges+=("$h ${f##*/}")
+		done < <(sed -n 's/^#include "\([a-z0-9_-]*\.h\)".*/\1/p' "$f" | grep -vx config.h)
+	done
+	((${#edges[@]} > 10)) || fail "no include found under $top_srcdir/src"
+	out=$(printf '%s\n' "${edges[@]}" | tsort 2>&1 >/dev/null) || true
+	[[ -z $out ]] || fail "an include cycle: $out"
+}
+
+@test "layout: no C file in src/ is over 1,000 lines" {
+	local f n
+	for f in "$top_srcdir"/src/*.c "$top_srcdir"/src/*/*.c; do
+		[[ -e $f ]] || continue
+		n=$(wc -l <"$f")
+		((n <= 1000)) || fail "${f#"$top_srcdir"/} has $n lines"
+	done
 }
