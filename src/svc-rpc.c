@@ -33,7 +33,11 @@
  * 0.1 comes back as 0.10000000000000001, which reads back as 0.1), objects
  * with their keys in order.  What cannot come back unchanged is refused
  * with an error, never altered: integers beyond 64 bits, reals beyond a
- * double's range, duplicate keys, invalid UTF-8 or lone surrogates.
+ * double's range (too large, or too small and not zero: 1e-400),
+ * duplicate keys, invalid UTF-8 or lone surrogates.  One alteration is
+ * kept, as it is no change of value: JSON integers are 64-bit integers,
+ * which have no negative zero, so -0 comes back as 0 (the real -0.0
+ * keeps its sign).
  *
  * Pitfalls:
  *   - a length field is a promise, not a fact: "3 GB follow" must not
@@ -267,6 +271,67 @@ too_deep(const uint8_t *p, size_t n)
 	return 0;
 }
 
+/*
+ * A real whose digits are not all zero but which strtod() (and so
+ * jansson) rounds to 0: 1e-400 would come back as 0.0, an altered value.
+ * jansson refuses only overflow, so underflow is looked for here, in the
+ * number tokens outside strings.
+ */
+static int
+real_underflows(const uint8_t *p, size_t n)
+{
+	char small[64], *tok;
+	size_t i = 0, j, k;
+	int instr = 0, esc = 0, real, nonzero, under;
+	double v;
+
+	while (i < n) {
+		if (instr) {
+			if (esc)
+				esc = 0;
+			else if (p[i] == '\\')
+				esc = 1;
+			else if (p[i] == '"')
+				instr = 0;
+			i++;
+			continue;
+		}
+		if (p[i] == '"') {
+			instr = 1;
+			i++;
+			continue;
+		}
+		if (p[i] != '-' && (p[i] < '0' || p[i] > '9')) {
+			i++;
+			continue;
+		}
+		real = nonzero = 0;
+		for (j = i; j < n && (strchr("0123456789+-.eE", p[j]) != NULL &&
+		    p[j] != '\0'); j++) {
+			if (p[j] == '.' || p[j] == 'e' || p[j] == 'E')
+				real |= p[j] != '.' ? 2 : 1;
+			else if (p[j] >= '1' && p[j] <= '9' && !(real & 2))
+				nonzero = 1;
+		}
+		if (real && nonzero) {
+			k = j - i;
+			tok = k < sizeof(small) ? small : malloc(k + 1);
+			if (tok == NULL)
+				return 0;	/* jansson will say it */
+			memcpy(tok, p + i, k);
+			tok[k] = '\0';
+			v = strtod(tok, NULL);
+			under = v == 0.0;
+			if (tok != small)
+				free(tok);
+			if (under)
+				return 1;
+		}
+		i = j;
+	}
+	return 0;
+}
+
 static void
 serve_frame(const uint8_t *body, size_t len, struct rpc_out *o)
 {
@@ -278,6 +343,11 @@ serve_frame(const uint8_t *body, size_t len, struct rpc_out *o)
 		snprintf(msg, sizeof(msg), "request nested deeper than %d levels",
 		    RPC_MAX_DEPTH);
 		out_error(o, msg);
+		return;
+	}
+	if (real_underflows(body, len)) {
+		out_error(o, "real number too small for a double: it would "
+		    "come back as 0");
 		return;
 	}
 	if ((req = json_loadb((const char *)body, len, RPC_DECODE, &e)) == NULL) {
