@@ -20,14 +20,14 @@
 #define EMFILE_WAIT_MS		1000
 
 static int
-bconn_reply(struct svc_sink *sink, const void *buf, size_t len)
+blk_reply(struct svc_sink *sink, const void *buf, size_t len)
 {
-	struct bconn *b = sink->conn;
+	struct reg_member *b = sink->conn;
 	ssize_t n;
 
-	bconn_writing(b, 1);
+	reg_writing(b, 1);
 	n = net_write_all(b->fd, buf, len);
-	bconn_writing(b, 0);
+	reg_writing(b, 0);
 	if (n == (ssize_t)len)
 		return 0;
 	b->werr = n < 0 ? (int)-n : EPIPE;
@@ -55,7 +55,7 @@ set_timeouts(int fd, int ms)
  * at most SRV_LINGER_MS.
  */
 static void
-bconn_linger(int fd, uint8_t *buf, size_t size)
+blk_linger(int fd, uint8_t *buf, size_t size)
 {
 	int64_t end = srv_now_ms() + SRV_LINGER_MS, left;
 
@@ -75,7 +75,7 @@ bconn_linger(int fd, uint8_t *buf, size_t size)
  * others queued in between.
  */
 static ssize_t
-bconn_read(struct bconn *b, uint8_t *buf, size_t size)
+blk_read(struct reg_member *b, uint8_t *buf, size_t size)
 {
 	const struct srv *s = b->srv;
 	struct pollfd pfd[2] = {
@@ -99,7 +99,7 @@ bconn_read(struct bconn *b, uint8_t *buf, size_t size)
 			return 0;
 		if (pfd[1].revents) {
 			(void)eventfd_read(b->efd, &v);
-			if (bconn_flush(b) < 0)
+			if (reg_flush(b) < 0)
 				return 0;
 		}
 		if (pfd[0].revents)
@@ -115,12 +115,12 @@ bconn_read(struct bconn *b, uint8_t *buf, size_t size)
 }
 
 void
-conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
-    uint8_t *buf, struct conn_reg *reg)
+blk_serve(const struct srv *s, int fd, const struct net_addr *peer,
+    uint8_t *buf, struct registry *reg)
 {
 	char name[NET_ADDRSTRLEN];
-	struct bconn b = { .fd = fd, .srv = s, .efd = -1 };
-	struct svc_sink sink = { .reply = bconn_reply, .conn = &b };
+	struct reg_member b = { .fd = fd, .srv = s, .efd = -1 };
+	struct svc_sink sink = { .reply = blk_reply, .conn = &b };
 	void *state = NULL;
 	ssize_t n;
 	int r = 0, opened;
@@ -134,28 +134,28 @@ conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 		return;
 	}
 	if (reg != NULL && (s->svc->flags & SVC_NEEDS_BROADCAST)) {
-		if ((r = bconn_attach(&b, reg)) < 0) {
+		if ((r = reg_join(&b, reg)) < 0) {
 			srv_warn(s, "%s: eventfd: %s: closing", sink.peer,
 			    strerror(-r));
 			free(state);
 			return;
 		}
-		sink.broadcast = bconn_broadcast;
+		sink.broadcast = reg_broadcast;
 	}
 	srv_debug(s, "open %s", sink.peer);
 	opened = svc_open(s->svc, &s->svc_cfg, state, &sink) == 0;
 	if (opened) {
-		bconn_writing(&b, 0);
-		while ((n = bconn_read(&b, buf, s->bufsize)) > 0)
+		reg_writing(&b, 0);
+		while ((n = blk_read(&b, buf, s->bufsize)) > 0)
 			if ((r = svc_input(s->svc, &s->svc_cfg, state, buf,
 			    (size_t)n, &sink)) < 0)
 				break;
 		if (r < 0 && b.werr == 0)
-			bconn_linger(fd, buf, s->bufsize);
+			blk_linger(fd, buf, s->bufsize);
 	}
 	/* Out of the room first: the goodbye goes to the others only. */
 	if (b.efd >= 0)
-		bconn_detach(&b);
+		reg_leave(&b);
 	if (opened)
 		svc_close(s->svc, &s->svc_cfg, state, &sink);
 	srv_debug(s, "close %s", sink.peer);
@@ -163,7 +163,7 @@ conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
 }
 
 int
-conn_blocking_listen(struct srv *s, int *reserve)
+blk_listen(struct srv *s, int *reserve)
 {
 	int lfd;
 
@@ -173,15 +173,15 @@ conn_blocking_listen(struct srv *s, int *reserve)
 		srv_warn(s, "reserve descriptor: %s", strerror(-*reserve));
 		exit(SRV_EX_OSERR);
 	}
-	conn_wake_signals();
-	conn_wake_set(CONN_WAKE_LISTENER, lfd);
+	blk_wake_signals();
+	blk_wake_set(BLK_WAKE_LISTENER, lfd);
 	return lfd;
 }
 
 void
-conn_blocking_close(int lfd, int reserve)
+blk_close(int lfd, int reserve)
 {
-	conn_wake_set(CONN_WAKE_LISTENER, -1);
+	blk_wake_set(BLK_WAKE_LISTENER, -1);
 	close(lfd);
 	close(reserve);
 }
@@ -204,7 +204,7 @@ static volatile sig_atomic_t wake_fds[2] = { -1, -1 };
 static void
 wake_conn(int how)
 {
-	int fd = wake_fds[CONN_WAKE_CONN];
+	int fd = wake_fds[BLK_WAKE_CONN];
 
 	if (fd < 0)
 		return;
@@ -231,17 +231,17 @@ on_wake(int sig)
 
 	(void)sig;
 	srv_stop = 1;
-	if (wake_fds[CONN_WAKE_CONN] == CONN_WAKE_EXIT)
+	if (wake_fds[BLK_WAKE_CONN] == BLK_WAKE_EXIT)
 		_exit(SRV_EX_OK);
 	wake_conn(SHUT_RD);
-	fd = wake_fds[CONN_WAKE_LISTENER];
+	fd = wake_fds[BLK_WAKE_LISTENER];
 	if (fd >= 0)
 		(void)shutdown(fd, SHUT_RD);
 	errno = saved;
 }
 
 void
-conn_wake_signals(void)
+blk_wake_signals(void)
 {
 	struct sigaction sa;
 	int sig;
@@ -259,21 +259,21 @@ conn_wake_signals(void)
 }
 
 void
-conn_wake_set(int slot, int fd)
+blk_wake_set(int slot, int fd)
 {
 	wake_fds[slot] = fd;
 	/* A stop that landed before the descriptor was registered. */
-	if (srv_stop && fd >= 0 && slot == CONN_WAKE_CONN)
+	if (srv_stop && fd >= 0 && slot == BLK_WAKE_CONN)
 		wake_conn(SHUT_RD);
 	else if (srv_stop && fd >= 0)
 		(void)shutdown(fd, SHUT_RD);
-	else if (srv_stop && fd == CONN_WAKE_EXIT)
+	else if (srv_stop && fd == BLK_WAKE_EXIT)
 		_exit(SRV_EX_OK);
 }
 
 int
-conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
-    int *reserve, struct conn_reg *reg)
+blk_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
+    int *reserve, struct registry *reg)
 {
 	int fd, r;
 
@@ -295,7 +295,7 @@ conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
 			 * a descriptor soon: wait for that a while, and shed
 			 * the pending connection only if none does.
 			 */
-			if (reg && conn_reg_wait_drop(reg, EMFILE_WAIT_MS))
+			if (reg && reg_wait_drop(reg, EMFILE_WAIT_MS))
 				continue;
 			r = net_accept_shed(lfd, reserve);
 			if (r > 0)

@@ -3,11 +3,11 @@
  * thread of its own): what the blocking models (iterative, fork, thread,
  * prefork, threadpool) share below their own loop.
  *
- * A model hands an accepted descriptor to conn_serve(): read, feed the
+ * A model hands an accepted descriptor to blk_serve(): read, feed the
  * service, write the reply with net_write_all(), until EOF.  Its stop
  * signal wakes the blocked call by shutting the descriptor down
- * (conn_wake_*), and threaded models keep the descriptors being served in
- * a conn_reg (registry.h) so that the main thread can wake and wait for
+ * (blk_wake_*), and threaded models keep the descriptors being served in
+ * a registry (registry.h) so that the main thread can wake and wait for
  * them at stop.
  */
 #ifndef IOMODELS_BLOCKING_H
@@ -32,19 +32,19 @@
  * a client waits in poll() for two things, its socket and an eventfd that
  * says "output was queued for you", instead of in read() alone.
  */
-void	conn_serve(const struct srv *s, int fd, const struct net_addr *peer,
-	    uint8_t *buf, struct conn_reg *reg);
+void	blk_serve(const struct srv *s, int fd, const struct net_addr *peer,
+	    uint8_t *buf, struct registry *reg);
 
 /*
  * The start and end of a blocking model's main thread.  After srv_init():
  * raise RLIMIT_NOFILE, listen (blocking), open the reserve descriptor for
- * EMFILE into *RESERVE, install the stop handler (conn_wake_signals) and
+ * EMFILE into *RESERVE, install the stop handler (blk_wake_signals) and
  * register the listener with it.  Exits 69/71 on failure like
- * srv_listen().  Returns the listener.  conn_blocking_close() unregisters
+ * srv_listen().  Returns the listener.  blk_close() unregisters
  * and closes both.
  */
-int	conn_blocking_listen(struct srv *s, int *reserve);
-void	conn_blocking_close(int lfd, int reserve);
+int	blk_listen(struct srv *s, int *reserve);
+void	blk_close(int lfd, int reserve);
 
 /*
  * Stop signals for blocking models.  The net_ functions retry EINTR, and a
@@ -57,22 +57,22 @@ void	conn_blocking_close(int lfd, int reserve);
  * would hold the stop forever: the stop also arms alarm() for the grace
  * period, and SIGALRM then shuts the connection down for writing too (the
  * write fails with EPIPE).  SIGALRM is this layer's in blocking models.
- * CONN_WAKE_EXIT in the connection slot makes the
+ * BLK_WAKE_EXIT in the connection slot makes the
  * handler _exit(0) instead: a preforked child idle in accept() or in its
  * accept lock has nothing to finish (and must not shut down the listener
  * its siblings share).
  *
- * conn_wake_signals() installs the handler for SIGINT/SIGTERM/SIGHUP (no
+ * blk_wake_signals() installs the handler for SIGINT/SIGTERM/SIGHUP (no
  * SA_RESTART) and ignores SIGPIPE.  The slots are per process: only the
  * thread that takes the signal may use them, so threaded models block the
  * signals in every other thread.
  */
-#define CONN_WAKE_LISTENER	0
-#define CONN_WAKE_CONN		1
-#define CONN_WAKE_EXIT		(-2)
+#define BLK_WAKE_LISTENER	0
+#define BLK_WAKE_CONN		1
+#define BLK_WAKE_EXIT		(-2)
 
-void	conn_wake_signals(void);
-void	conn_wake_set(int slot, int fd);	/* -1: nothing to wake */
+void	blk_wake_signals(void);
+void	blk_wake_set(int slot, int fd);	/* -1: nothing to wake */
 
 
 /*
@@ -84,7 +84,7 @@ void	conn_wake_set(int slot, int fd);	/* -1: nothing to wake */
  * pause.  Returns the descriptor, -EINTR at stop, or -errno (logged) when
  * the listener itself is unusable.
  */
-int	conn_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
-	    int *reserve, struct conn_reg *reg);
+int	blk_accept_wait(const struct srv *s, int lfd, struct net_addr *peer,
+	    int *reserve, struct registry *reg);
 
 #endif

@@ -204,7 +204,7 @@ reap_dead(struct conn_loop *lp)
 	lp->dead = keep;
 }
 
-/* Lingering close: see bconn_linger() for why. */
+/* Lingering close: see blk_linger() for why. */
 static void
 conn_linger(struct conn_loop *lp, struct conn *c)
 {

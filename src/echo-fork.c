@@ -126,10 +126,10 @@ child(const struct srv *s, int lfd, int reserve, int fd,
 	signal(SIGCHLD, SIG_DFL);
 	close(lfd);
 	close(reserve);
-	conn_wake_set(CONN_WAKE_LISTENER, -1);
-	conn_wake_set(CONN_WAKE_CONN, fd);
+	blk_wake_set(BLK_WAKE_LISTENER, -1);
+	blk_wake_set(BLK_WAKE_CONN, fd);
 	sigprocmask(SIG_SETMASK, mask, NULL);
-	conn_serve(s, fd, peer, buf, NULL);
+	blk_serve(s, fd, peer, buf, NULL);
 	close(fd);
 	_exit(SRV_EX_OK);
 }
@@ -207,7 +207,7 @@ main(int argc, char **argv)
 	int lfd, fd, reserve;
 
 	srv_init(&s, &model, argc, argv, NULL);
-	lfd = conn_blocking_listen(&s, &reserve);
+	lfd = blk_listen(&s, &reserve);
 	if ((buf = malloc(s.bufsize)) == NULL) {
 		srv_warn(&s, "out of memory");
 		return SRV_EX_OSERR;
@@ -216,13 +216,13 @@ main(int argc, char **argv)
 	srv_ready(&s);
 	for (;;) {
 		wait_below_max(&s);
-		fd = conn_accept_wait(&s, lfd, &peer, &reserve, NULL);
+		fd = blk_accept_wait(&s, lfd, &peer, &reserve, NULL);
 		if (fd < 0)
 			break;
 		srv_debug(&s, "%d children", (int)nkids + 1);
 		spawn(&s, lfd, reserve, fd, &peer, buf);
 	}
-	conn_blocking_close(lfd, reserve);
+	blk_close(lfd, reserve);
 	stop_children(&s);
 	free(buf);
 	free(kids);

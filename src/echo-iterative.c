@@ -14,7 +14,7 @@
  * Pitfall: a stop signal.  read() and accept() are restarted on EINTR by
  * the socket layer, and a signal that lands just before the call would be
  * missed anyway; so the handler shuts the listener and the connection down
- * (conn_wake_*), which wakes either call for certain.  A write blocked on
+ * (blk_wake_*), which wakes either call for certain.  A write blocked on
  * a client that sends and never reads is not woken by that: after the
  * grace period an alarm shuts the connection down entirely.
  */
@@ -42,19 +42,19 @@ main(int argc, char **argv)
 	int lfd, fd, reserve;
 
 	srv_init(&s, &model, argc, argv, NULL);
-	lfd = conn_blocking_listen(&s, &reserve);
+	lfd = blk_listen(&s, &reserve);
 	if ((buf = malloc(s.bufsize)) == NULL) {
 		srv_warn(&s, "out of memory");
 		return SRV_EX_OSERR;
 	}
 	srv_ready(&s);
-	while ((fd = conn_accept_wait(&s, lfd, &peer, &reserve, NULL)) >= 0) {
-		conn_wake_set(CONN_WAKE_CONN, fd);
-		conn_serve(&s, fd, &peer, buf, NULL);
-		conn_wake_set(CONN_WAKE_CONN, -1);
+	while ((fd = blk_accept_wait(&s, lfd, &peer, &reserve, NULL)) >= 0) {
+		blk_wake_set(BLK_WAKE_CONN, fd);
+		blk_serve(&s, fd, &peer, buf, NULL);
+		blk_wake_set(BLK_WAKE_CONN, -1);
 		close(fd);
 	}
-	conn_blocking_close(lfd, reserve);
+	blk_close(lfd, reserve);
 	free(buf);
 	return fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR;
 }

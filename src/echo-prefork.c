@@ -153,19 +153,19 @@ child(struct wrk *w, int idx)
 	}
 	pf->sh->served[idx] = 0;
 	/* Idle, a stop exits at once: there is nothing to finish. */
-	conn_wake_set(CONN_WAKE_LISTENER, -1);
-	conn_wake_set(CONN_WAKE_CONN, CONN_WAKE_EXIT);
+	blk_wake_set(BLK_WAKE_LISTENER, -1);
+	blk_wake_set(BLK_WAKE_CONN, BLK_WAKE_EXIT);
 	sigprocmask(SIG_SETMASK, &w->mask, NULL);
 	for (;;) {
 		accept_lock(pf);
-		fd = conn_accept_wait(s, pf->lfd, &peer, &reserve, NULL);
+		fd = blk_accept_wait(s, pf->lfd, &peer, &reserve, NULL);
 		accept_unlock(pf);
 		if (fd < 0)
 			break;
 		pf->sh->served[idx]++;
-		conn_wake_set(CONN_WAKE_CONN, fd);
-		conn_serve(s, fd, &peer, buf, NULL);
-		conn_wake_set(CONN_WAKE_CONN, CONN_WAKE_EXIT);
+		blk_wake_set(BLK_WAKE_CONN, fd);
+		blk_serve(s, fd, &peer, buf, NULL);
+		blk_wake_set(BLK_WAKE_CONN, BLK_WAKE_EXIT);
 		close(fd);
 	}
 	_exit(fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR);
@@ -283,7 +283,7 @@ main(int argc, char **argv)
 		srv_warn(&s, "cannot start: %s", strerror(errno));
 		return SRV_EX_OSERR;
 	}
-	conn_wake_signals();
+	blk_wake_signals();
 	rc = run(&pf);
 	close(pf.lfd);
 	if (pf.lockfd >= 0)

@@ -20,14 +20,14 @@
  *   - the stop signal must reach the main thread, blocked in accept():
  *     every other thread is created with the signals blocked;
  *   - stop: threads blocked in read() are woken by shutting their sockets
- *     down (conn_reg_drain), not by signals they never see;
+ *     down (reg_drain), not by signals they never see;
  *   - a detached thread cannot be joined: the registry of descriptors
  *     being served doubles as the count of live threads to wait for;
  *   - chat: a thread blocked in read() cannot also write what the other
  *     clients say.  The registry is the room: a broadcaster sends to each
  *     client without blocking, queues what does not fit, and wakes that
  *     client's thread through an eventfd; so a chat thread waits in
- *     poll() on its socket and its eventfd (conn_serve() in conn.c).
+ *     poll() on its socket and its eventfd (blk_serve() in conn.c).
  */
 #include "config.h"
 
@@ -61,7 +61,7 @@ struct opts {
 
 struct job {
 	const struct srv	*srv;
-	struct conn_reg		*reg;
+	struct registry		*reg;
 	int			 fd;
 	struct net_addr		 peer;
 };
@@ -70,24 +70,24 @@ static void *
 serve(void *arg)
 {
 	struct job *j = arg;
-	struct conn_reg *reg = j->reg;
+	struct registry *reg = j->reg;
 	uint8_t *buf = malloc(j->srv->bufsize);
 	int fd = j->fd;
 
 	if (buf != NULL)
-		conn_serve(j->srv, fd, &j->peer, buf, reg);
+		blk_serve(j->srv, fd, &j->peer, buf, reg);
 	else
 		srv_warn(j->srv, "out of memory: connection closed");
 	free(buf);
 	free(j);
 	/* Leave the registry before close(): the number may be reused. */
-	conn_reg_del(reg, fd);
+	reg_del(reg, fd);
 	close(fd);
 	return NULL;
 }
 
 static void
-start(const struct srv *s, struct conn_reg *reg, pthread_attr_t *attr,
+start(const struct srv *s, struct registry *reg, pthread_attr_t *attr,
     int fd, const struct net_addr *peer)
 {
 	sigset_t block, old;
@@ -95,7 +95,7 @@ start(const struct srv *s, struct conn_reg *reg, pthread_attr_t *attr,
 	pthread_t t;
 	int err;
 
-	if (conn_reg_add(reg, fd) < 0) {
+	if (reg_add(reg, fd) < 0) {
 		close(fd);
 		return;
 	}
@@ -117,7 +117,7 @@ start(const struct srv *s, struct conn_reg *reg, pthread_attr_t *attr,
 fail:
 	srv_warn(s, "cannot start a thread (%s): connection refused",
 	    strerror(err));
-	conn_reg_del(reg, fd);
+	reg_del(reg, fd);
 	close(fd);
 }
 
@@ -151,15 +151,15 @@ int
 main(int argc, char **argv)
 {
 	struct opts o = { .stack = 128 * 1024 };
-	struct conn_reg reg;
+	struct registry reg;
 	struct net_addr peer;
 	pthread_attr_t attr;
 	struct srv s;
 	int lfd, fd, reserve;
 
 	srv_init(&s, &model, argc, argv, &o);
-	lfd = conn_blocking_listen(&s, &reserve);
-	if (conn_reg_init(&reg) < 0 ||
+	lfd = blk_listen(&s, &reserve);
+	if (reg_init(&reg) < 0 ||
 	    pthread_attr_init(&attr) != 0 ||
 	    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) != 0 ||
 	    pthread_attr_setstacksize(&attr, o.stack) != 0) {
@@ -169,15 +169,15 @@ main(int argc, char **argv)
 	srv_ready(&s);
 	for (;;) {
 		if (s.max_conns)
-			conn_reg_wait_below(&reg, (size_t)s.max_conns);
-		fd = conn_accept_wait(&s, lfd, &peer, &reserve, &reg);
+			reg_wait_below(&reg, (size_t)s.max_conns);
+		fd = blk_accept_wait(&s, lfd, &peer, &reserve, &reg);
 		if (fd < 0)
 			break;
 		start(&s, &reg, &attr, fd, &peer);
 	}
-	conn_blocking_close(lfd, reserve);
-	conn_reg_drain(&reg, SRV_STOP_GRACE_MS);
+	blk_close(lfd, reserve);
+	reg_drain(&reg, SRV_STOP_GRACE_MS);
 	pthread_attr_destroy(&attr);
-	conn_reg_fini(&reg);
+	reg_fini(&reg);
 	return fd == -EINTR ? SRV_EX_OK : SRV_EX_OSERR;
 }

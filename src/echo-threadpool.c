@@ -21,7 +21,7 @@
  *   - the stop signal must reach the main thread: workers are created
  *     with the signals blocked;
  *   - stop: queued connections are closed unserved, workers blocked in
- *     read() are woken by shutting their sockets down (conn_reg_drain),
+ *     read() are woken by shutting their sockets down (reg_drain),
  *     idle workers by a broadcast; then every worker is joined;
  *   - chat: the workers' registry is the room, as in echo-thread; -w is
  *     the size of a pool in one process (SRV_CAP_POOL), so it neither
@@ -60,7 +60,7 @@ struct pool {
 	int		 nworkers;
 	int		 busy;		/* workers serving a connection */
 	int		 stopping;
-	struct conn_reg	 reg;		/* descriptors being served */
+	struct registry	 reg;		/* descriptors being served */
 };
 
 static int
@@ -103,9 +103,9 @@ worker(void *arg)
 	}
 	while (pool_pop(p, &j) == 0) {
 		/* Refused once the stop has begun: then close unserved. */
-		if (conn_reg_add(&p->reg, j.fd) == 0) {
-			conn_serve(p->srv, j.fd, &j.peer, buf, &p->reg);
-			conn_reg_del(&p->reg, j.fd);
+		if (reg_add(&p->reg, j.fd) == 0) {
+			blk_serve(p->srv, j.fd, &j.peer, buf, &p->reg);
+			reg_del(&p->reg, j.fd);
 		}
 		close(j.fd);
 		pool_done(p);
@@ -172,7 +172,7 @@ pool_init(struct pool *p, const struct srv *s, size_t queue, int nworkers)
 	p->nworkers = nworkers;
 	p->cap = queue + (size_t)nworkers;
 	p->ring = calloc(p->cap, sizeof(*p->ring));
-	if (p->ring == NULL || conn_reg_init(&p->reg) < 0 ||
+	if (p->ring == NULL || reg_init(&p->reg) < 0 ||
 	    pthread_mutex_init(&p->mu, NULL) != 0 ||
 	    pthread_cond_init(&p->work, NULL) != 0 ||
 	    srv_cond_init(&p->room) < 0)
@@ -213,10 +213,10 @@ pool_stop(struct pool *p, pthread_t *tids, int n)
 	}
 	pthread_cond_broadcast(&p->work);
 	pthread_mutex_unlock(&p->mu);
-	conn_reg_drain(&p->reg, SRV_STOP_GRACE_MS);
+	reg_drain(&p->reg, SRV_STOP_GRACE_MS);
 	for (i = 0; i < n; i++)
 		pthread_join(tids[i], NULL);
-	conn_reg_fini(&p->reg);
+	reg_fini(&p->reg);
 	pthread_mutex_destroy(&p->mu);
 	pthread_cond_destroy(&p->work);
 	pthread_cond_destroy(&p->room);
@@ -262,7 +262,7 @@ main(int argc, char **argv)
 
 	srv_init(&s, &model, argc, argv, &queue);
 	want = s.workers;
-	lfd = conn_blocking_listen(&s, &reserve);
+	lfd = blk_listen(&s, &reserve);
 	tids = calloc((size_t)want, sizeof(*tids));
 	if (tids == NULL || pool_init(&p, &s, queue, want) < 0) {
 		srv_warn(&s, "cannot start: %s", strerror(errno));
@@ -274,19 +274,19 @@ main(int argc, char **argv)
 	} else
 		srv_ready(&s);
 	/*
-	 * Leave only through conn_accept_wait(): it says -EINTR once a stop
+	 * Leave only through blk_accept_wait(): it says -EINTR once a stop
 	 * came, while a loop on srv_stop would also end with the descriptor
 	 * of the last connection accepted, and take the stop for a failure.
 	 */
 	for (;;) {
 		if (s.max_conns)
 			pool_wait_room(&p, s.max_conns);
-		fd = conn_accept_wait(&s, lfd, &peer, &reserve, &p.reg);
+		fd = blk_accept_wait(&s, lfd, &peer, &reserve, &p.reg);
 		if (fd < 0)
 			break;
 		pool_push(&p, fd, &peer);
 	}
-	conn_blocking_close(lfd, reserve);
+	blk_close(lfd, reserve);
 	pool_stop(&p, tids, n);
 	free(tids);
 	return fd == -EINTR && n == want ? SRV_EX_OK : SRV_EX_OSERR;

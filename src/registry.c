@@ -24,20 +24,20 @@
  * queued: its owner writes it outside the lock, so its bytes and length
  * must not change under that write.
  */
-struct bchunk {
-	struct bchunk	*next;
+struct reg_chunk {
+	struct reg_chunk	*next;
 	size_t		 len;
 	uint8_t		 data[];
 };
 
 /*
  * With a broadcast service, other clients' threads write to this socket
- * too (bconn_queue).  Two writers must not interleave their bytes: the
+ * too (reg_queue).  Two writers must not interleave their bytes: the
  * socket's write side belongs to whoever set WRITING under the lock, and
  * a broadcaster that finds it taken queues its bytes instead.
  */
 void
-bconn_writing(struct bconn *b, int on)
+reg_writing(struct reg_member *b, int on)
 {
 	if (b->reg == NULL)
 		return;
@@ -59,10 +59,10 @@ bconn_writing(struct bconn *b, int on)
  * fails with EPIPE), and it leaves the room.
  */
 static void
-bconn_queue(struct bconn *b, const uint8_t *buf, size_t len)
+reg_queue(struct reg_member *b, const uint8_t *buf, size_t len)
 {
 	const struct srv *s = b->srv;
-	struct bchunk *c = NULL;
+	struct reg_chunk *c = NULL;
 	size_t pending;
 	ssize_t n;
 	int wake = 0, doom = 0;
@@ -110,16 +110,16 @@ out:
 }
 
 int
-bconn_broadcast(struct svc_sink *sink, const void *buf, size_t len)
+reg_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 {
-	struct bconn *self = sink->conn;
-	struct conn_reg *r = self->reg;
+	struct reg_member *self = sink->conn;
+	struct registry *r = self->reg;
 	size_t i;
 
 	pthread_mutex_lock(&r->mu);
 	for (i = 0; i < r->n; i++)
 		if (r->slots[i].b != NULL && r->slots[i].b != self)
-			bconn_queue(r->slots[i].b, buf, len);
+			reg_queue(r->slots[i].b, buf, len);
 	pthread_mutex_unlock(&r->mu);
 	return 0;
 }
@@ -131,9 +131,9 @@ bconn_broadcast(struct svc_sink *sink, const void *buf, size_t len)
  * count) once written, so a stalled write keeps counting against the cap.
  */
 int
-bconn_flush(struct bconn *b)
+reg_flush(struct reg_member *b)
 {
-	struct bchunk *c;
+	struct reg_chunk *c;
 	ssize_t n;
 
 	for (;;) {
@@ -160,9 +160,9 @@ bconn_flush(struct bconn *b)
 	}
 }
 
-/* Give B a queue and put it in the slot conn_reg_add() made for its fd. */
+/* Give B a queue and put it in the slot reg_add() made for its fd. */
 int
-bconn_attach(struct bconn *b, struct conn_reg *r)
+reg_join(struct reg_member *b, struct registry *r)
 {
 	size_t i;
 
@@ -189,10 +189,10 @@ bconn_attach(struct bconn *b, struct conn_reg *r)
 }
 
 void
-bconn_detach(struct bconn *b)
+reg_leave(struct reg_member *b)
 {
-	struct conn_reg *r = b->reg;
-	struct bchunk *c;
+	struct registry *r = b->reg;
+	struct reg_chunk *c;
 	size_t i;
 
 	pthread_mutex_lock(&r->mu);
@@ -213,7 +213,7 @@ bconn_detach(struct bconn *b)
 /* ---- the descriptors threads are serving ----------------------------------- */
 
 int
-conn_reg_init(struct conn_reg *r)
+reg_init(struct registry *r)
 {
 	memset(r, 0, sizeof(*r));
 	if (srv_cond_init(&r->cv) < 0)
@@ -224,7 +224,7 @@ conn_reg_init(struct conn_reg *r)
 }
 
 void
-conn_reg_fini(struct conn_reg *r)
+reg_fini(struct registry *r)
 {
 	pthread_mutex_destroy(&r->mu);
 	pthread_cond_destroy(&r->cv);
@@ -232,9 +232,9 @@ conn_reg_fini(struct conn_reg *r)
 }
 
 int
-conn_reg_add(struct conn_reg *r, int fd)
+reg_add(struct registry *r, int fd)
 {
-	struct conn_reg_slot *p;
+	struct reg_slot *p;
 	int err = 0;
 
 	pthread_mutex_lock(&r->mu);
@@ -250,13 +250,13 @@ conn_reg_add(struct conn_reg *r, int fd)
 		}
 	}
 	if (err == 0)
-		r->slots[r->n++] = (struct conn_reg_slot){ .fd = fd };
+		r->slots[r->n++] = (struct reg_slot){ .fd = fd };
 	pthread_mutex_unlock(&r->mu);
 	return err;
 }
 
 void
-conn_reg_del(struct conn_reg *r, int fd)
+reg_del(struct registry *r, int fd)
 {
 	size_t i;
 
@@ -272,7 +272,7 @@ conn_reg_del(struct conn_reg *r, int fd)
 }
 
 void
-conn_reg_wait_below(struct conn_reg *r, size_t n)
+reg_wait_below(struct registry *r, size_t n)
 {
 	struct timespec ts;
 
@@ -294,7 +294,7 @@ conn_reg_wait_below(struct conn_reg *r, size_t n)
  * registered: a busy pool takes a new one as soon as one leaves.
  */
 int
-conn_reg_wait_drop(struct conn_reg *r, int ms)
+reg_wait_drop(struct registry *r, int ms)
 {
 	struct timespec ts;
 	unsigned long d0;
@@ -312,7 +312,7 @@ conn_reg_wait_drop(struct conn_reg *r, int ms)
 }
 
 static void
-reg_shutdown(struct conn_reg *r, int how)
+reg_shutdown(struct registry *r, int how)
 {
 	size_t i;
 
@@ -326,7 +326,7 @@ reg_shutdown(struct conn_reg *r, int how)
 }
 
 void
-conn_reg_drain(struct conn_reg *r, int grace_ms)
+reg_drain(struct registry *r, int grace_ms)
 {
 	struct timespec ts;
 

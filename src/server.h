@@ -9,10 +9,10 @@
  *	srv_raise_nofile(&s);
  *	int lfd = srv_listen(&s, NET_NONBLOCK);	// exits 69/71 on failure
  *	... install the stop (srv_signals_block(), or blocking.h's
- *	    conn_wake_signals()), srv_ready(&s), run the loop ...
+ *	    blk_wake_signals()), srv_ready(&s), run the loop ...
  *	return SRV_EX_OK;
  *
- * (conn_loop_listen() and conn_blocking_listen() do the middle part for
+ * (conn_loop_listen() and blk_listen() do the middle part for
  * the readiness and the blocking models.)
  */
 #ifndef IOMODELS_SERVER_H
@@ -158,7 +158,7 @@ void	srv_ready(const struct srv *s);
  * signalfd for them, for models with a readiness loop.
  *
  * srv_stop: set by the stop handler of the blocking models (conn.c's
- * conn_wake_signals(), which also wakes the blocked call).
+ * blk_wake_signals(), which also wakes the blocked call).
  */
 extern volatile sig_atomic_t srv_stop;
 int	srv_signals_block(void);
