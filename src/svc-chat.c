@@ -22,7 +22,11 @@
  * after an object are skipped: a client may end its objects with "\n".  Answers meant for the sender alone (the
  * welcome, errors) come back to it: "* ..." for notices, "! ..." for
  * errors.  Names hold no blank, so "[NAME] " is never ambiguous and no
- * client can forge a notice.
+ * client can forge a notice.  A name is a label, not an identity: a name
+ * another client holds is not refused, since each JSON message names its
+ * own user and the room could not stop a JSON client from taking it (a
+ * uniqueness check would also need a room-wide table shared by threads
+ * and rings, which this service, knowing only its own connection, lacks).
  *
  * Cost: a broadcast writes one line to every connection, O(clients) per
  * line, which is why only a model that holds every connection in one
