@@ -137,6 +137,10 @@
 #define SMALL_SEG	256	/* pooled copies: a small message's worth */
 #define POOL_MAX	256	/* free small segments kept per worker */
 #define ACCEPT_PAUSE_MS	100	/* after an accept error we cannot shed */
+#define FEED_SLICE	4096	/* input fed to a service at a time */
+#define SEND_IOV	16	/* queued segments one send carries */
+#define STALL_MS	1000	/* a recipient this long without progress
+				   no longer paces the room */
 
 /* ---- configuration (the model's own options) ------------------------------ */
 
@@ -283,6 +287,9 @@ struct useg {
 #define C_DOOMED	0x4000	/* to be closed after the current completion */
 #define C_CLOSESENT	0x8000	/* the close request is armed */
 #define C_PARKED	0x10000	/* accepted past -m: waits, no request armed */
+#define C_PACED		0x20000	/* not taking input: a recipient is congested */
+#define C_CONGEST	0x40000	/* above the high-water mark: paces senders */
+#define C_STALLED	0x80000	/* congested, but no progress for STALL_MS */
 
 /* What a connection wants armed at the next flush. */
 #define W_RECV		0x01
@@ -294,6 +301,12 @@ struct useg {
 
 struct worker;
 
+/* A send of several segments: what the kernel reads while it is in flight. */
+struct usend {
+	struct msghdr	 msg;
+	struct iovec	 iov[SEND_IOV];
+};
+
 struct conn {
 	struct worker	*w;
 	int		 fd;
@@ -303,13 +316,20 @@ struct conn {
 	unsigned	 nheld;		/* ring buffers in our queue */
 	unsigned	 send_gen;	/* loop iteration the send was armed in */
 	size_t		 qbytes;	/* bytes queued for output */
+	size_t		 send_len;	/* bytes in the send in flight */
 	struct useg	*qhead, *qtail;
+	struct useg	*send_last;	/* last segment in the send in flight */
+	struct useg	*inq, *inq_tail; /* input held while not taking it */
+	struct usend	*snd;		/* for sends of several segments */
+	int64_t		 prog_ms;	/* congested: last output progress */
 	struct useg	*rbuf;		/* --no-bufring: our receive buffer */
 	int64_t		 last;		/* last activity (ms), for -t and linger */
 	int64_t		 recv_ms;	/* the millisecond of its last receive */
 	TAILQ_ENTRY(conn) lru;		/* live (oldest first) or linger */
 	TAILQ_ENTRY(conn) dirty;
 	TAILQ_ENTRY(conn) bufwait;
+	TAILQ_ENTRY(conn) pace;		/* on the paced list */
+	TAILQ_ENTRY(conn) cong;		/* on the congested list */
 	LIST_ENTRY(conn) holder;
 	struct conn	*doom_next;
 	struct svc_sink	 sink;
@@ -324,6 +344,7 @@ struct ustats {
 	unsigned long long enters, cqes, recvs, sends, short_sends, enobufs;
 	unsigned long long sq_full, cq_overflow, rearms, copies, evictions;
 	unsigned long long pauses, parked, shed, bufbugs, accepts, emfile;
+	unsigned long long paces, stalls, held;
 };
 
 struct shared;
@@ -362,6 +383,8 @@ struct worker {
 	int			 starved;
 
 	struct conn_tq		 live, linger, closing, parked, dirty, bufwait;
+	struct conn_tq		 paced, congested;
+	unsigned		 ncongest;	/* congested recipients */
 	struct conn_l		 holders;
 	struct conn		*doomed;
 	struct useg		*pool;		/* free SMALL_SEG copies */
@@ -598,7 +621,7 @@ queue_copy(struct worker *w, struct conn *c, const uint8_t *buf, size_t len)
 	size_t n;
 
 	/* Top up the last copy, unless the kernel is sending from it. */
-	if (t && t->kind == SEG_HEAP && !(t == c->qhead && (c->flags & C_SEND))) {
+	if (t && t->kind == SEG_HEAP && !(t == c->send_last && (c->flags & C_SEND))) {
 		n = t->cap - t->len;
 		n = n < len ? n : len;
 		memcpy(t->data + t->len, buf, n);
@@ -616,6 +639,54 @@ queue_copy(struct worker *w, struct conn *c, const uint8_t *buf, size_t len)
 	seg_enqueue(c, s);
 	w->st.copies++;
 	return 0;
+}
+
+/*
+ * Hold input C may not take now (its output is over the high-water mark,
+ * or a recipient of the room is): a multishot recv goes on delivering
+ * until its cancel lands, and what it delivered must be neither fed to
+ * the service (its output would grow past the mark) nor lost.  It is at
+ * most what was in flight: one round of completions.  A copy, so that
+ * the ring buffer goes back at once.
+ */
+static int
+hold(struct worker *w, struct conn *c, const uint8_t *buf, size_t len)
+{
+	struct useg *t = c->inq_tail, *s;
+	size_t n;
+
+	if (t && (n = t->cap - t->len) > 0) {
+		n = n < len ? n : len;
+		memcpy(t->data + t->len, buf, n);
+		t->len += (uint32_t)n;
+		buf += n;
+		len -= n;
+	}
+	if (len == 0)
+		return 0;
+	if ((s = seg_heap(w, len)) == NULL)
+		return -ENOMEM;
+	memcpy(s->data, buf, len);
+	s->len = (uint32_t)len;
+	if (t)
+		t->next = s;
+	else
+		c->inq = s;
+	c->inq_tail = s;
+	w->st.held++;
+	return 0;
+}
+
+static void
+inq_free(struct worker *w, struct conn *c)
+{
+	struct useg *s;
+
+	while ((s = c->inq) != NULL) {
+		c->inq = s->next;
+		seg_free(w, s);
+	}
+	c->inq_tail = NULL;
 }
 
 static void
@@ -670,6 +741,7 @@ queue_free(struct worker *w, struct conn *c)
 	}
 	c->qtail = NULL;
 	c->qbytes = 0;
+	inq_free(w, c);
 }
 
 /* ---- connections ----------------------------------------------------------- */
@@ -687,8 +759,8 @@ touch(struct worker *w, struct conn *c)
 static int
 recv_ok(const struct worker *w, const struct conn *c)
 {
-	if (c->flags & (C_RECV | C_CLOSING | C_EOF | C_PAUSED | C_BUFWAIT |
-	    C_RBUSY | C_DOOMED))
+	if (c->flags & (C_RECV | C_CLOSING | C_EOF | C_PAUSED | C_PACED |
+	    C_BUFWAIT | C_RBUSY | C_DOOMED) || c->inq != NULL)
 		return 0;
 	if ((c->flags & C_CLOSE) && !(c->flags & C_LINGER))
 		return 0;
@@ -726,12 +798,83 @@ check_highwater(struct worker *w, struct conn *c)
 	/*
 	 * Backpressure: stop receiving; the socket's receive buffer fills
 	 * and TCP's window stops the peer.  A multishot recv would go on
-	 * delivering: cancel it.  A single-shot one is simply not re-armed.
+	 * delivering: cancel it (what it delivers until then is held, see
+	 * hold()).  A single-shot one is simply not re-armed.
 	 */
 	c->flags |= C_PAUSED;
 	w->st.pauses++;
 	if ((c->flags & C_RECV) && w->ms_recv)
 		want(w, c, W_CANCEL_RECV);
+}
+
+/*
+ * Pacing, for a service that broadcasts.  A recipient whose queue passes
+ * the high-water mark is congested, and while one is, no connection's
+ * input is fed to the service (each is paced: held, its recv stopped).
+ * Without it one round of completions can hand the service megabytes
+ * from a talker before a single send to a listener has completed, and a
+ * listener that reads as fast as it can would pass --max-pending and be
+ * dropped.  A recipient that makes no progress for STALL_MS (it does not
+ * read at all) stops pacing the room: its queue grows again, and it is
+ * dropped at --max-pending, as before.
+ */
+static void
+congest(struct worker *w, struct conn *c)
+{
+	if ((c->flags & (C_CONGEST | C_STALLED | C_CLOSING)) ||
+	    c->qbytes < w->s->highwater)
+		return;
+	c->flags |= C_CONGEST;
+	c->prog_ms = w->now;
+	TAILQ_INSERT_TAIL(&w->congested, c, cong);
+	w->ncongest++;
+}
+
+static void
+decongest(struct worker *w, struct conn *c, int stalled)
+{
+	if (!(c->flags & C_CONGEST))
+		return;
+	c->flags &= ~C_CONGEST;
+	TAILQ_REMOVE(&w->congested, c, cong);
+	w->ncongest--;
+	if (stalled) {
+		c->flags |= C_STALLED;
+		w->st.stalls++;
+		srv_debug(w->s, "%s: no progress for %d ms with %zu bytes "
+		    "queued: no longer pacing the others",
+		    c->peer ? c->peer : "client", STALL_MS, c->qbytes);
+	}
+}
+
+static void
+check_pace(struct worker *w, struct conn *c)
+{
+	if (w->ncongest == 0 || (c->flags & (C_PACED | C_CLOSING)) ||
+	    !(w->s->svc->flags & SVC_NEEDS_BROADCAST))
+		return;
+	c->flags |= C_PACED;
+	TAILQ_INSERT_TAIL(&w->paced, c, pace);
+	w->st.paces++;
+	if ((c->flags & C_RECV) && w->ms_recv)
+		want(w, c, W_CANCEL_RECV);
+}
+
+static void
+unpace(struct worker *w, struct conn *c)
+{
+	if (!(c->flags & C_PACED))
+		return;
+	c->flags &= ~C_PACED;
+	TAILQ_REMOVE(&w->paced, c, pace);
+}
+
+/* May C's input be fed to the service now? */
+static int
+may_take(const struct conn *c)
+{
+	return !(c->flags & (C_PAUSED | C_PACED | C_CLOSING | C_DOOMED |
+	    C_CLOSE | C_LINGER));
 }
 
 static int
@@ -778,6 +921,7 @@ sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 		}
 		want(w, c, W_SEND);
 		check_highwater(w, c);
+		congest(w, c);
 	}
 	return 0;
 }
@@ -863,6 +1007,9 @@ conn_close(struct worker *w, struct conn *c)
 		return;
 	}
 	svc_close(w->s->svc, &w->s->svc_cfg, c->state, &c->sink);
+	decongest(w, c, 0);
+	unpace(w, c);
+	inq_free(w, c);
 	if (c->flags & C_LINGER)
 		TAILQ_REMOVE(&w->linger, c, lru);
 	else
@@ -908,6 +1055,7 @@ conn_destroy(struct worker *w, struct conn *c)
 		TAILQ_REMOVE(&w->dirty, c, dirty);
 	TAILQ_REMOVE(&w->closing, c, lru);
 	w->emfile = 0;		/* a descriptor is free again: accept */
+	free(c->snd);
 	free(c->peer);
 	free(c);
 	w->nalloc--;
@@ -937,71 +1085,171 @@ conn_linger(struct worker *w, struct conn *c)
 static void
 conn_drained(struct worker *w, struct conn *c)
 {
+	if (c->inq)
+		return;			/* held input first: conn_feed() */
 	if (c->flags & C_EOF)
 		conn_close(w, c);	/* half-close done: all echoed */
 	else if ((c->flags & C_CLOSE) && !(c->flags & C_LINGER))
 		conn_linger(w, c);
 }
 
+/* The service answered an error (r < 0): flush, then close. */
+static void
+input_error(struct worker *w, struct conn *c, int r)
+{
+	inq_free(w, c);
+	if (r == -ENOMEM) {
+		srv_warn(w->s, "out of memory queueing output: closing");
+		conn_close(w, c);
+		return;
+	}
+	if (c->flags & C_CLOSING)
+		return;
+	c->flags |= C_CLOSE;
+	if (c->flags & C_RECV)
+		want(w, c, W_CANCEL_RECV);
+}
+
+/*
+ * Feed BUF to the service, a slice at a time, while C may take it: a
+ * service may answer far more than it reads (an rpc error to an empty
+ * frame is 20 times its size), so the high-water mark is checked after
+ * each slice, not after a whole buffer.  Returns the bytes consumed.
+ */
+static size_t
+feed(struct worker *w, struct conn *c, const uint8_t *buf, size_t n)
+{
+	const struct srv *s = w->s;
+	size_t done = 0, k;
+	int r;
+
+	while (done < n && may_take(c)) {
+		k = n - done < FEED_SLICE ? n - done : FEED_SLICE;
+		r = svc_input(s->svc, &s->svc_cfg, c->state, buf + done, k,
+		    &c->sink);
+		done += k;
+		if (r < 0) {
+			input_error(w, c, r);
+			return n;
+		}
+		check_highwater(w, c);
+		check_pace(w, c);
+	}
+	if (c->flags & (C_CLOSING | C_DOOMED | C_CLOSE | C_LINGER))
+		return n;	/* the rest is of no use now */
+	return done;
+}
+
+/*
+ * The in-place rung: transform the buffer the kernel wrote into and send
+ * that very buffer, no copy.  Past max_held buffers, copy instead: see
+ * seg_unpin().  And copy small messages: a buffer sent from stays out of
+ * the ring until the send's completion is reaped, a round later, so under
+ * load twice the messages of a batch would be out of the ring; copying
+ * 128 bytes costs less than that.  Returns 1 when the buffer BID is now
+ * in our queue, 0 when the caller may give it back, < 0 on error.
+ */
+static int
+input_inplace(struct worker *w, struct conn *c, uint8_t *buf, size_t n, int bid)
+{
+	struct useg *seg;
+
+	w->s->svc->transform(buf, n);
+	if (w->cfg->send_inplace && bid >= 0 && c->nheld < w->max_held &&
+	    n > w->cfg->copy_below) {
+		seg = &w->bseg[bid];
+		seg->data = buf;
+		seg->off = 0;
+		seg->len = (uint32_t)n;
+		seg->cap = (uint32_t)w->bufsize;
+		seg->kind = bid;
+		seg_enqueue(c, seg);
+		if (c->nheld++ == 0) {
+			LIST_INSERT_HEAD(&w->holders, c, holder);
+			c->flags |= C_HOLDER;
+		}
+		return 1;
+	}
+	if (w->cfg->send_inplace && bid < 0) {
+		c->rbuf->off = 0;
+		c->rbuf->len = (uint32_t)n;
+		c->rbuf->kind = SEG_RBUF;
+		seg_enqueue(c, c->rbuf);
+		c->flags |= C_RBUSY;
+		return 0;
+	}
+	return queue_copy(w, c, buf, n);
+}
+
 /* Data arrived in BUF (a ring buffer BID >= 0, or our receive buffer). */
 static void
 conn_input(struct worker *w, struct conn *c, uint8_t *buf, size_t n, int bid)
 {
-	const struct srv *s = w->s;
-	struct useg *seg;
+	size_t done;
 	int r = 0;
 
-	if (s->svc->flags & SVC_INPLACE) {
-		/*
-		 * The in-place rung: transform the buffer the kernel wrote
-		 * into and send that very buffer, no copy.  Past max_held
-		 * buffers, copy instead: see seg_unpin().  And copy small
-		 * messages: a buffer sent from stays out of the ring until
-		 * the send's completion is reaped, a round later, so under
-		 * load twice the messages of a batch would be out of the
-		 * ring; copying 128 bytes costs less than that.
-		 */
-		s->svc->transform(buf, n);
-		if (w->cfg->send_inplace && bid >= 0 && c->nheld < w->max_held &&
-		    n > w->cfg->copy_below) {
-			seg = &w->bseg[bid];
-			seg->data = buf;
-			seg->off = 0;
-			seg->len = (uint32_t)n;
-			seg->cap = (uint32_t)w->bufsize;
-			seg->kind = bid;
-			seg_enqueue(c, seg);
-			if (c->nheld++ == 0) {
-				LIST_INSERT_HEAD(&w->holders, c, holder);
-				c->flags |= C_HOLDER;
-			}
+	if (c->flags & (C_CLOSE | C_DOOMED)) {
+		/* Closing after a service error: input is of no use. */
+	} else if (c->inq || !may_take(c)) {
+		/* Arrived after we stopped taking input: keep it. */
+		r = hold(w, c, buf, n);
+	} else if (w->s->svc->flags & SVC_INPLACE) {
+		if ((r = input_inplace(w, c, buf, n, bid)) > 0)
 			bid = -1;
-		} else if (w->cfg->send_inplace && bid < 0) {
-			c->rbuf->off = 0;
-			c->rbuf->len = (uint32_t)n;
-			c->rbuf->kind = SEG_RBUF;
-			seg_enqueue(c, c->rbuf);
-			c->flags |= C_RBUSY;
-		} else if (queue_copy(w, c, buf, n) < 0)
-			r = -ENOMEM;
-	} else
-		r = svc_input(s->svc, &s->svc_cfg, c->state, buf, n, &c->sink);
+		check_highwater(w, c);
+	} else if ((done = feed(w, c, buf, n)) < n)
+		r = hold(w, c, buf + done, n - done);
 	if (bid >= 0)
 		buf_return(w, (unsigned)bid);
-	if (r == -ENOMEM) {
-		srv_warn(s, "out of memory queueing output: closing");
-		conn_close(w, c);
+	if (r < 0) {
+		input_error(w, c, r);
 		return;
 	}
-	if (r < 0 && !(c->flags & C_CLOSING)) {
-		/* The service answered an error: flush, then close. */
-		c->flags |= C_CLOSE;
-		if (c->flags & C_RECV)
-			want(w, c, W_CANCEL_RECV);
+	if (c->qhead && !(c->flags & C_CLOSING))
+		want(w, c, W_SEND);
+}
+
+/*
+ * C may take input again: feed what was held, as long as it may, then
+ * receive again (or, after an EOF, close once all is answered).
+ */
+static void
+conn_feed(struct worker *w, struct conn *c)
+{
+	const struct srv *s = w->s;
+	struct useg *h;
+	size_t n;
+
+	while ((h = c->inq) != NULL && may_take(c)) {
+		if (s->svc->flags & SVC_INPLACE) {
+			/* The held copy becomes the output. */
+			c->inq = h->next;
+			s->svc->transform(h->data + h->off, h->len - h->off);
+			seg_enqueue(c, h);
+			check_highwater(w, c);
+		} else {
+			n = feed(w, c, h->data + h->off, h->len - h->off);
+			if (c->inq != h)
+				break;		/* closed: all freed */
+			h->off += (uint32_t)n;
+			if (h->off < h->len)
+				break;
+			c->inq = h->next;
+			seg_free(w, h);
+		}
+		if (c->inq == NULL)
+			c->inq_tail = NULL;
 	}
+	if (c->flags & C_CLOSING)
+		return;
 	if (c->qhead)
 		want(w, c, W_SEND);
-	check_highwater(w, c);
+	if (c->inq)
+		return;
+	if ((c->flags & C_EOF) && !c->qhead && !(c->flags & C_SEND))
+		conn_close(w, c);
+	else
+		want(w, c, W_RECV);
 }
 
 /* ---- completions ----------------------------------------------------------- */
@@ -1068,7 +1316,8 @@ on_recv(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 	if (res == 0) {
 		/* EOF: the peer may still read (half-close). */
 		c->flags |= C_EOF;
-		if ((c->flags & C_LINGER) || (!c->qhead && !(c->flags & C_SEND)))
+		if ((c->flags & C_LINGER) ||
+		    (!c->qhead && !c->inq && !(c->flags & C_SEND)))
 			conn_close(w, c);
 		return;
 	}
@@ -1105,13 +1354,27 @@ on_recv(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 	}
 }
 
+/* Replace every ring buffer or receive buffer in C's queue by a copy. */
+static void
+unpin_all(struct worker *w, struct conn *c)
+{
+	struct useg **pp;
+
+	for (pp = &c->qhead; *pp; pp = &(*pp)->next)
+		if ((*pp)->kind != SEG_HEAP)
+			(void)seg_unpin(w, c, pp);
+}
+
 static void
 on_send(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 {
-	struct useg *s = c->qhead;
+	const struct srv *srv = w->s;
+	struct useg *s;
+	size_t left, n;
 	int res = cqe->res;
 
 	c->flags &= ~C_SEND;
+	c->send_last = NULL;
 	c->refs--;
 	if (c->flags & C_CLOSING) {
 		conn_check_free(w, c);
@@ -1119,41 +1382,60 @@ on_send(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 	}
 	if (res < 0) {
 		if (res == -ECANCELED && (c->flags & C_EVICT)) {
-			/* Stuck behind a slow peer: copy it, free the buffer. */
+			/* Stuck behind a slow peer: copy it, free the buffers. */
 			c->flags &= ~C_EVICT;
-			(void)seg_unpin(w, c, &c->qhead);
+			unpin_all(w, c);
 			want(w, c, W_SEND);
 			return;
 		}
 		if (res != -ECONNRESET && res != -EPIPE)
-			srv_debug(w->s, "send: %s", strerror(-res));
+			srv_debug(srv, "send: %s", strerror(-res));
 		conn_close(w, c);
 		return;
 	}
 	c->flags &= ~C_EVICT;
 	w->st.sends++;
 	touch(w, c);
-	s->off += (uint32_t)res;
 	c->qbytes -= (size_t)res;
-	if (s->off < s->len) {
-		/*
-		 * Short send: the socket buffer is full, the peer reads
-		 * slower than we send.  Resubmit the rest, from a copy: the
-		 * next send may wait long, and must not pin a ring buffer.
-		 */
+	if ((size_t)res < c->send_len)
 		w->st.short_sends++;
-		if (s->kind != SEG_HEAP)
-			(void)seg_unpin(w, c, &c->qhead);
-	} else {
+	for (n = (size_t)res; n > 0; ) {
+		s = c->qhead;
+		left = s->len - s->off;
+		if (n < left) {
+			s->off += (uint32_t)n;
+			break;
+		}
+		n -= left;
 		c->qhead = s->next;
 		if (c->qhead == NULL)
 			c->qtail = NULL;
 		seg_release(w, c, s);
 	}
-	if ((c->flags & C_PAUSED) && c->qbytes <= w->s->highwater / 2) {
+	if ((size_t)res < c->send_len) {
+		/*
+		 * Short send: the socket buffer is full, the peer reads
+		 * slower than we send.  Resubmit the rest, from copies: the
+		 * next send may wait long, and must not pin ring buffers.
+		 */
+		unpin_all(w, c);
+	}
+	if (res > 0) {
+		c->prog_ms = w->now;
+		if (c->flags & C_STALLED) {
+			/* It reads again: it paces the room again. */
+			c->flags &= ~C_STALLED;
+			congest(w, c);
+		}
+	}
+	if ((c->flags & C_CONGEST) && c->qbytes <= srv->highwater / 2)
+		decongest(w, c, 0);
+	if ((c->flags & C_PAUSED) && c->qbytes <= srv->highwater / 2) {
 		/* Well below the mark, so a flood does not flip it often. */
 		c->flags &= ~C_PAUSED;
-		want(w, c, W_RECV);
+		conn_feed(w, c);
+		if (c->flags & C_CLOSING)
+			return;
 	}
 	if (c->qhead)
 		want(w, c, W_SEND);
@@ -1335,24 +1617,51 @@ arm_recv(struct worker *w, struct conn *c, struct io_uring_sqe *sqe)
 	c->flags |= C_RECV;
 }
 
+/*
+ * One send carries all that is queued (up to SEND_IOV segments): what
+ * piled up while the last send was in flight goes out in one request,
+ * not one segment per round.  A single segment is a plain send.
+ *
+ * No MSG_WAITALL: the kernel would then retry a short send itself and
+ * hold the buffers until the slowest peer took it all; a short count
+ * returned to us lets unpin_all() free the ring buffers.
+ */
 static void
 arm_send(struct worker *w, struct conn *c, struct io_uring_sqe *sqe)
 {
-	struct useg *s = c->qhead;
+	struct useg *s = c->qhead, *last = s;
+	struct usend *u;
+	int n;
 
-	/*
-	 * No MSG_WAITALL: the kernel would then retry a short send itself
-	 * and hold the buffer until the slowest peer took it all; a short
-	 * count returned to us lets seg_unpin() free the ring buffer.
-	 */
-	io_uring_prep_send(sqe, c->fd, s->data + s->off, s->len - s->off,
-	    MSG_NOSIGNAL);
+	/* Out of memory for the iovecs: one segment will do. */
+	if (s->next == NULL ||
+	    (c->snd == NULL && (c->snd = malloc(sizeof(*c->snd))) == NULL)) {
+		io_uring_prep_send(sqe, c->fd, s->data + s->off,
+		    s->len - s->off, MSG_NOSIGNAL);
+		c->send_len = s->len - s->off;
+		if (s->next == NULL)
+			w->solo_sends++;
+	} else {
+		u = c->snd;
+		c->send_len = 0;
+		for (n = 0; s && n < SEND_IOV; s = s->next, n++) {
+			u->iov[n].iov_base = s->data + s->off;
+			u->iov[n].iov_len = s->len - s->off;
+			c->send_len += s->len - s->off;
+			last = s;
+		}
+		memset(&u->msg, 0, sizeof(u->msg));
+		u->msg.msg_iov = u->iov;
+		u->msg.msg_iovlen = (size_t)n;
+		io_uring_prep_sendmsg(sqe, c->fd, &u->msg, MSG_NOSIGNAL);
+		if (s == NULL)
+			w->solo_sends++;
+	}
 	ud_set(sqe, c, UD_SEND);
 	c->refs++;
 	c->flags |= C_SEND;
 	c->send_gen = w->gen;
-	if (s->next == NULL)
-		w->solo_sends++;
+	c->send_last = last;
 }
 
 /* Arm what C wants; -1 when the SQ is out of entries (try next round). */
@@ -1434,6 +1743,21 @@ conn_arm(struct worker *w, struct conn *c)
  * the data out), and cancel sends that have been waiting on their peer
  * since an earlier round (the copy is made when the cancel completes).
  */
+/* Is a ring buffer part of C's send in flight? */
+static int
+sending_rbuf(const struct conn *c)
+{
+	const struct useg *s;
+
+	for (s = c->qhead; s; s = s->next) {
+		if (s->kind >= 0)
+			return 1;
+		if (s == c->send_last)
+			break;
+	}
+	return 0;
+}
+
 static void
 evict(struct worker *w)
 {
@@ -1446,13 +1770,13 @@ evict(struct worker *w)
 			continue;
 		pp = &c->qhead;
 		if (c->flags & C_SEND) {
-			if (c->qhead->kind >= 0 && c->send_gen != w->gen &&
-			    !(c->flags & C_EVICT)) {
+			if (c->send_gen != w->gen && !(c->flags & C_EVICT) &&
+			    sending_rbuf(c)) {
 				c->flags |= C_EVICT;
 				w->st.evictions++;
 				want(w, c, W_CANCEL_SEND);
 			}
-			pp = &c->qhead->next;
+			pp = &c->send_last->next;
 		}
 		while (*pp) {
 			if ((*pp)->kind >= 0 && seg_unpin(w, c, pp) == 0)
@@ -1512,6 +1836,12 @@ flush(struct worker *w)
 	struct conn *c;
 	unsigned n;
 
+	/* No recipient congested any more: the paced take input again. */
+	while (w->ncongest == 0 && (c = TAILQ_FIRST(&w->paced)) != NULL) {
+		unpace(w, c);
+		conn_feed(w, c);
+		run_doomed(w);
+	}
 	if (w->starved) {
 		w->starved = 0;
 		evict(w);
@@ -1566,6 +1896,8 @@ begin_stop(struct worker *w)
 	w->stop_deadline = w->now + STOP_GRACE_MS;
 	for (c = TAILQ_FIRST(&w->live); c; c = next) {
 		next = TAILQ_NEXT(c, lru);
+		inq_free(w, c);		/* no more input is served */
+		unpace(w, c);
 		if (!c->qhead && !(c->flags & C_SEND))
 			conn_close(w, c);
 		else {
@@ -1586,7 +1918,7 @@ static void
 expire(struct worker *w)
 {
 	int64_t idle = (int64_t)w->s->idle_timeout * 1000;
-	struct conn *c;
+	struct conn *c, *next;
 
 	if (idle > 0)
 		while ((c = TAILQ_FIRST(&w->live)) && w->now - c->last >= idle) {
@@ -1597,6 +1929,11 @@ expire(struct worker *w)
 		}
 	while ((c = TAILQ_FIRST(&w->linger)) && w->now - c->last >= LINGER_MS)
 		conn_close(w, c);
+	for (c = TAILQ_FIRST(&w->congested); c; c = next) {
+		next = TAILQ_NEXT(c, cong);
+		if (w->now - c->prog_ms >= STALL_MS)
+			decongest(w, c, 1);
+	}
 	if (w->stopping && w->now >= w->stop_deadline)
 		while ((c = TAILQ_FIRST(&w->live)) != NULL)
 			conn_close(w, c);
@@ -1623,6 +1960,8 @@ next_deadline(const struct worker *w)
 		EARLIER(w->accept_resume - w->now);
 	if (!TAILQ_EMPTY(&w->bufwait) && w->nheld < w->nbufs)
 		EARLIER(1);	/* buffers free, waiters left: see flush() */
+	TAILQ_FOREACH(c, &w->congested, cong)
+		EARLIER(c->prog_ms + STALL_MS - w->now);
 #undef EARLIER
 	return t;
 }
@@ -1888,6 +2227,8 @@ worker_init(struct worker *w)
 	TAILQ_INIT(&w->parked);
 	TAILQ_INIT(&w->dirty);
 	TAILQ_INIT(&w->bufwait);
+	TAILQ_INIT(&w->paced);
+	TAILQ_INIT(&w->congested);
 	LIST_INIT(&w->holders);
 	w->ms_accept = cfg->ms_accept;
 	w->ms_recv = cfg->ms_recv;
@@ -1951,6 +2292,10 @@ worker_fini(struct worker *w)
 			if (s->kind == SEG_HEAP)
 				free(s);
 		}
+		while ((s = c->inq) != NULL) {
+			c->inq = s->next;
+			free(s);
+		}
 		free(c->rbuf);
 		if (!(c->flags & C_CLOSESENT))
 			close(c->fd);
@@ -2009,12 +2354,13 @@ print_stats(const struct worker *w)
 	srv_debug(w->s, "worker %d: %llu enters, %llu cqes, %llu accepts, "
 	    "%llu recvs, %llu sends, %llu short-sends, %llu enobufs, "
 	    "%llu sq-full, %llu cq-overflow, %llu rearms, %llu copies, "
-	    "%llu evictions, %llu pauses, %llu parked, %llu emfile, "
+	    "%llu evictions, %llu pauses, %llu paces, %llu stalls, "
+	    "%llu held, %llu parked, %llu emfile, "
 	    "%llu shed, %u buffers held, %llu buffer-errors", w->id,
 	    t->enters, t->cqes, t->accepts, t->recvs, t->sends,
 	    t->short_sends, t->enobufs, t->sq_full, t->cq_overflow, t->rearms,
-	    t->copies, t->evictions, t->pauses, t->parked, t->emfile,
-	    t->shed, w->nheld, t->bufbugs);
+	    t->copies, t->evictions, t->pauses, t->paces, t->stalls, t->held,
+	    t->parked, t->emfile, t->shed, w->nheld, t->bufbugs);
 }
 
 static void *

@@ -24,6 +24,7 @@
 #define READS_PER_EVENT		16	/* then let the other connections run */
 #define ACCEPTS_PER_EVENT	64
 #define MIN_CHUNK		4096
+#define STALL_MS		1000	/* see congest() */
 
 /* Output not yet accepted by the kernel. */
 struct conn_chunk {
@@ -78,7 +79,7 @@ conn_interest(const struct conn *c)
 
 	if (c->flags & (CONN_DEAD | CONN_DOOMED))
 		return 0;
-	if (!(c->flags & (CONN_EOF | CONN_PAUSED | CONN_CLOSE)) ||
+	if (!(c->flags & (CONN_EOF | CONN_PAUSED | CONN_PACED | CONN_CLOSE)) ||
 	    (c->flags & CONN_LINGER))
 		want |= CONN_WANT_READ;
 	if (c->pending > 0)
@@ -139,11 +140,57 @@ free_chunks(struct conn *c)
 	c->pending = 0;
 }
 
+/*
+ * Pacing, for a service that broadcasts.  A recipient whose queue passes
+ * the high-water mark is congested; while one is, the connections whose
+ * input would be broadcast are not read (paced), as a connection whose
+ * own queue is too long is not (CONN_PAUSED).  Without it a talker faster
+ * than a listener drives the listener's queue past --max-pending and has
+ * it dropped although it reads all along.  A recipient with no progress
+ * for STALL_MS does not read at all: it stops pacing the others, and is
+ * dropped once its queue passes --max-pending.
+ */
+static void
+congest(struct conn_loop *lp, struct conn *c)
+{
+	if ((c->flags & (CONN_CONGEST | CONN_STALLED | CONN_DEAD)) ||
+	    c->pending < lp->srv->highwater)
+		return;
+	c->flags |= CONN_CONGEST;
+	c->prog = srv_now_ms();
+	lp->ncongest++;
+}
+
+static void
+decongest(struct conn_loop *lp, struct conn *c, int stalled)
+{
+	struct conn *p;
+
+	if (!(c->flags & CONN_CONGEST))
+		return;
+	c->flags &= ~CONN_CONGEST;
+	if (stalled) {
+		c->flags |= CONN_STALLED;
+		srv_debug(lp->srv, "%s: no progress for %d ms with %zu bytes "
+		    "queued: no longer pacing the others",
+		    c->peer ? c->peer : "client", STALL_MS, c->pending);
+	}
+	if (--lp->ncongest > 0)
+		return;
+	for (p = lp->live.head; p; p = p->next)
+		if (p->flags & CONN_PACED) {
+			p->flags &= ~CONN_PACED;
+			update(lp, p);
+			conn_again(lp, p);
+		}
+}
+
 static void
 conn_close(struct conn_loop *lp, struct conn *c)
 {
 	if (c->flags & CONN_DEAD)
 		return;
+	decongest(lp, c, 0);
 	svc_close(lp->srv->svc, &lp->srv->svc_cfg, c->state, &c->sink);
 	if (lp->ops->remove)
 		lp->ops->remove(lp, c);
@@ -381,8 +428,10 @@ sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 			conn_doom(lp, c);
 			continue;
 		}
-		if (conn_send(lp, c, buf, len) == 0)
+		if (conn_send(lp, c, buf, len) == 0) {
 			update(lp, c);
+			congest(lp, c);
+		}
 	}
 	return 0;
 }
@@ -396,6 +445,8 @@ readable(struct conn_loop *lp, struct conn *c, int drain)
 
 	if (c->flags & (CONN_DEAD | CONN_DOOMED))
 		return;
+	if ((c->flags & CONN_PACED) && !(c->flags & CONN_LINGER))
+		return;		/* an event from before it was paced */
 	for (i = 0; i < READS_PER_EVENT; i++) {
 		n = net_read_some(c->fd, lp->rbuf, s->bufsize);
 		if (n == -EAGAIN)
@@ -430,6 +481,10 @@ readable(struct conn_loop *lp, struct conn *c, int drain)
 		if (c->pending >= s->highwater) {
 			/* Backpressure: TCP's window pushes back on the peer. */
 			c->flags |= CONN_PAUSED;
+			break;
+		}
+		if (lp->ncongest > 0 && (s->svc->flags & SVC_NEEDS_BROADCAST)) {
+			c->flags |= CONN_PACED;		/* see congest() */
 			break;
 		}
 		/*
@@ -476,8 +531,17 @@ conn_writable(struct conn_loop *lp, struct conn *c)
 		return;
 	pending = c->pending;
 	r = flush_out(c);
-	if (c->pending != pending)
+	if (c->pending != pending) {
 		lp->progress++;
+		c->prog = srv_now_ms();
+		if (c->flags & CONN_STALLED) {
+			/* It reads again: it paces the others again. */
+			c->flags &= ~CONN_STALLED;
+			congest(lp, c);
+		}
+		if (c->pending <= lp->srv->highwater / 2)
+			decongest(lp, c, 0);
+	}
 	if (r < 0) {
 		if (!net_is_reset(-r))
 			srv_debug(lp->srv, "write: %s", strerror(-r));
@@ -658,6 +722,14 @@ expire(struct conn_loop *lp)
 		}
 		if (c && (wait < 0 || idle - (now - c->last) < wait))
 			wait = idle - (now - c->last);
+	}
+	for (c = lp->ncongest > 0 ? lp->live.head : NULL; c; c = c->next) {
+		if (!(c->flags & CONN_CONGEST))
+			continue;
+		if ((t = STALL_MS - (now - c->prog)) <= 0)
+			decongest(lp, c, 1);
+		else if (wait < 0 || t < wait)
+			wait = t;
 	}
 	if (lp->stopping) {
 		if (now >= lp->stop_deadline)

@@ -28,6 +28,9 @@ struct conn_loop;
 #define CONN_DEAD	0x10	/* closed; freed after the current batch */
 #define CONN_DOOMED	0x20	/* to be closed once the current event is done */
 #define CONN_AGAIN	0x40	/* on the again list (edge-style models) */
+#define CONN_PACED	0x80	/* not reading: a recipient is congested */
+#define CONN_CONGEST	0x100	/* above the high-water mark: paces senders */
+#define CONN_STALLED	0x200	/* congested, but no progress for a while */
 
 struct conn {
 	int		 fd;
@@ -37,6 +40,7 @@ struct conn {
 	size_t		 pending;	/* bytes queued for output */
 	struct conn_chunk *head, *tail;
 	int64_t		 last;		/* last activity, for -t and linger */
+	int64_t		 prog;		/* congested: the last write progress */
 	struct conn	*prev, *next;	/* live (LRU) or linger list */
 	struct conn	*dead_next, *doom_next, *again_next;
 	struct svc_sink	 sink;
@@ -76,6 +80,7 @@ struct conn_loop {
 	int			 stopping;
 	int64_t			 stop_deadline;
 	int			 nconns;
+	int			 ncongest;	/* recipients pacing the others */
 	unsigned long		 progress;	/* bytes moved, accepts, EOFs */
 	struct conn_list	 live, linger;
 	struct conn		*dead, *doomed, *again;

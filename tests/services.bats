@@ -221,6 +221,15 @@ group_vmpeak_kb() { # PGID
 	done
 }
 
+@test "rpc: zero-length frames (4 bytes in, ~90 out), never read: memory stays bounded" {
+	local m
+	for m in $(rpc_models); do
+		start_model "$m" -s rpc
+		check "$m" amplify rpc 8 "$SRV_PID" 65536
+		stop_server
+	done
+}
+
 @test "rpc: nesting deeper than 64 levels is refused, whatever the depth" {
 	# Parsing recurses: 500 brackets overflow a 128 KiB thread stack
 	# (echo-thread's default) unless the depth is bounded first.
@@ -351,6 +360,46 @@ $(cat "$SRV_LOG")"
 	done
 }
 
+# Issue 9: a burst must not make the server drop a client that reads.  A
+# completion model that takes megabytes from the talker in one round
+# before any send to the listener completes sees the listener's queue pass
+# --max-pending although it reads: it must pace the talker instead.
+@test "chat: an 8 MB burst reaches a reader in full; only the one that never reads is dropped" {
+	local m n
+	for m in $(chat_models); do
+		start_model "$m" $(chat_args "$m") -s chat
+		check "$m" chat-burst 8000 1000 1 1
+		n=$(grep -c 'not reading: disconnected' "$SRV_LOG" || true)
+		((n == 1)) || fail "$m: $n clients dropped, want 1 (the slow one):
+$(grep 'disconnected' "$SRV_LOG")"
+		stop_server
+	done
+}
+
+@test "chat: 1 MB of lines in one write reaches five readers in full" {
+	local m n
+	for m in $(chat_models); do
+		start_model "$m" $(chat_args "$m") -s chat
+		check "$m" chat-burst 10000 100 5 0
+		n=$(grep -c 'not reading: disconnected' "$SRV_LOG" || true)
+		((n == 0)) || fail "$m: $n readers dropped:
+$(grep 'disconnected' "$SRV_LOG")"
+		stop_server
+	done
+}
+
+# Output larger than the input that caused it: the high-water mark must
+# hold all the same (input that arrived after the mark was passed is kept,
+# not fed to the service).
+@test "chat: commands answered at 16x their size, never read: memory stays bounded" {
+	local m
+	for m in $(chat_models); do
+		start_model "$m" $(chat_args "$m") -s chat
+		check "$m" amplify chat 8 "$SRV_PID" 65536
+		stop_server
+	done
+}
+
 @test "chat: a line over --max-line gets an error and reaches no one" {
 	local m
 	for m in $(chat_models); do
@@ -427,6 +476,19 @@ $(cat "$SRV_LOG")"
 	exec 4>&-
 	((st == 0)) || fail "iomodels-chat exited $st after the server closed: $(cat "$out.err")"
 	grep -q 'closed the connection' "$out.err" || fail "no word about the close: $(cat "$out.err")"
+}
+
+# ---- echo ------------------------------------------------------------------
+
+@test "echo: a client streaming megabytes neither starves nor disconnects another" {
+	local m
+	for m in $(rpc_models); do
+		# Documented: the iterative server serves one client at a time.
+		[[ $m == echo-iterative ]] && continue
+		start_model "$m" -s echo
+		check "$m" echo-burst
+		stop_server
+	done
 }
 
 # ---- the fuzz corpus ---------------------------------------------------------

@@ -15,13 +15,16 @@ rpc checks:   rpc-split, rpc-pipeline N, rpc-values, rpc-malformed,
               rpc-forced le|be (a server run with --rpc-order le|be)
 chat checks:  chat-many N M, chat-slow, chat-long MAX_LINE,
               chat-doc CLIENT (CLIENT: tests/helpers/doc-chat-client.py),
-              chat-json-errors MAX_LINE
+              chat-json-errors MAX_LINE, chat-burst LINES SIZE READERS SLOW
+memory:       amplify rpc|chat CLIENTS PGID LIMIT_KB
+echo:         echo-burst
 """
 
 import contextlib
 import errno
 import io
 import json
+import os
 import selectors
 import socket
 import struct
@@ -648,7 +651,217 @@ def chat_json_errors(addr, max_line):
           "followed by one that was heard" % (len(msgs) - 1))
 
 
+def chat_burst(addr, nlines, size, nreaders, slow):
+    """A talker says NLINES lines of SIZE bytes in one sendall and never
+    reads; NREADERS clients read as fast as they can, and SLOW (0 or 1) one
+    more never reads (SO_RCVBUF 4 KiB).  Every reader hears every line, in
+    order: a burst must not make the server drop a client that reads.  The
+    talker is still connected after: its last line is heard too."""
+    nlines, size, nreaders, slow = int(nlines), int(size), int(nreaders), int(slow)
+    readers = [Peer(addr) for _ in range(nreaders)]
+    talker = Peer(addr)
+    peers = readers + [talker]
+    if slow:
+        s = Peer(addr, rcvbuf=4096)
+        peers.append(s)
+    welcomed(peers, addr)
+    pad = b"x" * (size - 8)
+    data = b"".join(b"%06d %s\n" % (i, pad) for i in range(nlines))
+    err = []
+
+    def talk():
+        try:
+            talker.s.setblocking(True)
+            talker.s.settimeout(60)
+            talker.s.sendall(data)
+            talker.s.sendall(b"done\n")
+        except OSError as e:
+            err.append(e)
+
+    t = threading.Thread(target=talk)
+    t.start()
+    try:
+        loop(readers, lambda: err or all(
+            p.eof or (p.said and p.said[-1][1] == "done") for p in readers),
+            "the burst", readers=readers)
+    finally:
+        t.join(60)
+    if err:
+        raise Fail("the talker's sendall failed: %s" % err[0])
+    for r, p in enumerate(readers):
+        got = [text for name, text in p.said if name == talker.name]
+        ok = 0
+        for i, text in enumerate(got[:nlines]):
+            if not text.startswith("%06d " % i) or len(text) != size - 1:
+                break
+            ok += 1
+        if ok != nlines or got[nlines:] != ["done"]:
+            raise Fail("reader %d of %d heard %d of %d lines in order%s" %
+                       (r + 1, nreaders, ok, nlines,
+                        ", then EOF" if p.eof else ""))
+    if slow:
+        # The slow one must be closed by now or soon: read what it got.
+        s.s.setblocking(True)
+        s.s.settimeout(TIMEOUT)
+        n = 0
+        try:
+            while True:
+                d = s.s.recv(1 << 20)
+                if not d:
+                    break
+                n += len(d)
+        except socket.timeout:
+            raise Fail("the slow client was not closed (%d bytes read)" % n)
+        except ConnectionResetError:
+            pass
+    print("chat-burst: %d lines of %d bytes in one write: %d reader(s) heard "
+          "all%s" % (nlines, size, nreaders,
+                     ", the slow one was closed" if slow else ""))
+
+
+def group_rss_kb(pgid):
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+            if int(st[st.rindex(")") + 2:].split()[2]) != pgid:
+                continue
+            with open("/proc/%s/status" % d) as f:
+                for ln in f:
+                    if ln.startswith("VmRSS:"):
+                        total += int(ln.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def amplify(addr, proto, nclients, pgid, limit_kb):
+    """NCLIENTS send requests whose answers are much larger than they are
+    (rpc: a zero-length frame, 4 bytes, gets a ~90-byte error; chat: "/",
+    2 bytes, gets a ~35-byte error) and never read.  The server must stop
+    reading them (--highwater): its resident memory, sampled throughout,
+    stays under LIMIT_KB.  Each client sends until it has been blocked for
+    a second (the server stopped reading) or 16 MB."""
+    nclients, pgid, limit_kb = int(nclients), int(pgid), int(limit_kb)
+    unit = b"\0\0\0\0" if proto == "rpc" else b"/\n"
+    chunk = unit * (65536 // len(unit))
+    budget = 16 << 20
+    cl = [connect(addr) for _ in range(nclients)]
+    for s in cl:
+        s.setblocking(False)
+    sent = [0] * nclients
+    rss0 = peak = group_rss_kb(pgid)
+    last = time.monotonic()
+    end = last + 60
+    while True:
+        now = time.monotonic()
+        moved = False
+        for i, s in enumerate(cl):
+            if sent[i] >= budget:
+                continue
+            try:
+                n = s.send(chunk)
+                sent[i] += n
+                moved = moved or n > 0
+            except BlockingIOError:
+                pass
+        rss = group_rss_kb(pgid)
+        peak = max(peak, rss)
+        if peak > limit_kb:
+            raise Fail("server RSS %d KiB (from %d) after %d bytes sent: "
+                       "over %d KiB" % (peak, rss0, sum(sent), limit_kb))
+        if moved:
+            last = now
+        elif now - last > 1.0 or all(x >= budget for x in sent):
+            break
+        else:
+            time.sleep(0.005)
+        if now > end:
+            break
+    # Still connected, the server still holds what it holds: look again.
+    rss = group_rss_kb(pgid)
+    peak = max(peak, rss)
+    if peak > limit_kb:
+        raise Fail("server RSS %d KiB (from %d): over %d KiB" %
+                   (peak, rss0, limit_kb))
+    for s in cl:
+        s.close()
+    print("amplify %s: %d clients sent %d bytes, never read: server RSS "
+          "%d -> %d KiB at most (limit %d)" % (proto, nclients, sum(sent),
+                                               rss0, peak, limit_kb))
+
+
+def echo_burst(addr):
+    """One client streams megabytes (and reads its echo) while another
+    makes small round trips: the second is served all along, and neither
+    is disconnected.  The stream goes on until the second client has made
+    100 round trips, each within TIMEOUT."""
+    a, b = connect(addr), connect(addr)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    block = bytes(range(256)) * 4096             # 1 MiB
+    stop = threading.Event()
+    err = []
+    sent = [0]
+    got = [0]
+
+    def send():
+        try:
+            while not stop.is_set():
+                a.sendall(block)
+                sent[0] += len(block)
+            a.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            err.append("stream send: %s" % e)
+
+    def recv():
+        try:
+            while True:
+                d = a.recv(1 << 20)
+                if not d:
+                    break
+                off = got[0] % len(block)
+                if d != (block[off:] + block * (len(d) // len(block) + 1))[:len(d)]:
+                    err.append("stream: wrong bytes at offset %d" % got[0])
+                    return
+                got[0] += len(d)
+        except OSError as e:
+            err.append("stream recv: %s" % e)
+
+    ts = [threading.Thread(target=send), threading.Thread(target=recv)]
+    for t in ts:
+        t.start()
+    n, worst, during = 0, 0.0, 0
+    try:
+        while n < 100 and not err:
+            msg = b"round trip %d\n" % n
+            t0 = time.monotonic()
+            b.sendall(msg)
+            if recv_exact(b, len(msg)) != msg:
+                raise Fail("round trip %d: wrong bytes" % n)
+            worst = max(worst, time.monotonic() - t0)
+            if got[0] < sent[0]:
+                during += 1
+            n += 1
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(TIMEOUT)
+    if err:
+        raise Fail(err[0])
+    if got[0] != sent[0]:
+        raise Fail("the stream got %d of %d bytes back" % (got[0], sent[0]))
+    b.close()
+    a.close()
+    print("echo-burst: %d round trips (%d while the stream was in flight, "
+          "slowest %.3f s) beside a stream of %d MiB, all intact" %
+          (n, during, worst, sent[0] >> 20))
+
+
 CHECKS = {
+    "chat-burst": chat_burst, "amplify": amplify, "echo-burst": echo_burst,
     "rpc-split": rpc_split, "rpc-pipeline": rpc_pipeline,
     "rpc-values": rpc_values, "rpc-malformed": rpc_malformed,
     "rpc-unknown": rpc_unknown, "rpc-oversize": rpc_oversize,
