@@ -31,6 +31,12 @@
  *	(uw_sync_accept, arm_recv, arm_send)
  *   -> multishot accept: one request, a CQE per connection (5.19;
  *	uw_sync_accept, on_accept)
+ *   -> direct descriptors: the accept puts the socket in a sparse table
+ *	of the ring's own files, and requests name the slot
+ *	(IOSQE_FIXED_FILE): no descriptor lookup per request; cancel,
+ *	shutdown and close go through the ring (5.19; uw_files_init,
+ *	uw_sync_accept, arm_recv, arm_send, arm_conn, uw_close_fd; off by
+ *	default, --direct: no gain measured here)
  *   -> provided buffer ring + multishot recv: one request per connection,
  *	buffers taken from a shared ring on arrival (6.0; ubuf_ring_init,
  *	a shim for liburing 2.3; arm_recv, on_recv, ubuf_take/ubuf_return)
@@ -287,7 +293,7 @@ on_cqe(struct worker *w, const struct io_uring_cqe *cqe)
 	case UD_CANCEL:
 		/* -EALREADY: running in a worker thread, beyond cancel. */
 		if (cqe->res == -EALREADY)
-			(void)shutdown(c->fd, SHUT_RDWR);
+			(void)uc_shutdown(w, c, SHUT_RDWR);
 		c->refs--;
 		uc_check_free(w, c);
 		break;
@@ -496,15 +502,21 @@ on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 	if (res >= 0) {
 		w->accept_ok = 1;
 		if (w->stopping)
-			close(res);
+			uw_close_fd(w, res, w->direct);
 		else
-			uc_new(w, res);
+			uc_new(w, res, w->direct);
 		return;
 	}
 	switch (-res) {
 	case ECANCELED:
 		break;
 	case EINVAL:
+		if (w->direct && !w->accept_ok) {
+			srv_log(s, "accept into the files table refused by "
+			    "the kernel: falling back to plain descriptors");
+			w->direct = 0;
+			break;
+		}
 		if (w->ms_accept && !w->accept_ok) {
 			srv_log(s, "multishot accept refused by the kernel: "
 			    "falling back to single-shot accept");
@@ -553,7 +565,7 @@ on_lpoll(struct worker *w, const struct io_uring_cqe *cqe)
 	fd = net_accept(w->lfd, NULL, 0);
 	if (fd >= 0) {
 		w->emfile = 0;
-		uc_new(w, fd);
+		uc_new(w, fd, 0);	/* a plain descriptor, even with direct on */
 		return;
 	}
 	if (fd != -EMFILE && fd != -ENFILE)
@@ -649,16 +661,31 @@ arm_conn(struct worker *w, struct uconn *c)
 	if (c->want & W_CLOSE) {
 		if ((sqe = uw_sqe(w)) == NULL)
 			return -1;
-		io_uring_prep_close(sqe, c->fd);
+		/* A direct descriptor is closed by emptying its slot. */
+		if (c->flags & C_FIXED)
+			io_uring_prep_close_direct(sqe, (unsigned)c->fd);
+		else
+			io_uring_prep_close(sqe, c->fd);
 		ud_set(sqe, c, UD_CLOSE);
 		c->want = 0;
 		return 0;
+	}
+	if (c->want & (W_SHUT_WR | W_SHUT_RDWR)) {
+		if ((sqe = uw_sqe(w)) == NULL)
+			return -1;
+		/* The request holds its own reference: no refs needed. */
+		io_uring_prep_shutdown(sqe, c->fd, c->want & W_SHUT_RDWR ?
+		    SHUT_RDWR : SHUT_WR);
+		sqe->flags |= IOSQE_FIXED_FILE;
+		ud_set(sqe, NULL, UD_IGNORE);
+		c->want &= ~(W_SHUT_WR | W_SHUT_RDWR);
 	}
 	if (c->want & W_CANCEL_ALL) {
 		if ((sqe = uw_sqe(w)) == NULL)
 			return -1;
 		/* Every request on this descriptor, in one entry. */
-		io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+		io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL |
+		    (c->flags & C_FIXED ? IORING_ASYNC_CANCEL_FD_FIXED : 0));
 		ud_set(sqe, c, UD_CANCEL);
 		c->refs++;
 		c->want &= ~W_CANCEL_ALL;
@@ -738,6 +765,8 @@ arm_recv(struct worker *w, struct uconn *c, struct io_uring_sqe *sqe)
 	 */
 	if (!w->ms_recv && (c->flags & C_EMPTY))
 		sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+	if (c->flags & C_FIXED)
+		sqe->flags |= IOSQE_FIXED_FILE;
 	ud_set(sqe, c, UD_RECV);
 	c->refs++;
 	c->flags |= C_RECV;
@@ -783,6 +812,8 @@ arm_send(struct worker *w, struct uconn *c, struct io_uring_sqe *sqe)
 		if (s == NULL)
 			w->solo_sends++;
 	}
+	if (c->flags & C_FIXED)
+		sqe->flags |= IOSQE_FIXED_FILE;
 	ud_set(sqe, c, UD_SEND);
 	c->refs++;
 	c->flags |= C_SEND;
@@ -804,6 +835,13 @@ uw_sync_accept(struct worker *w)
 			return;
 		if (w->emfile)
 			io_uring_prep_poll_add(sqe, w->lfd, POLLIN);
+		else if (w->direct && w->ms_accept)
+			io_uring_prep_multishot_accept_direct(sqe, w->lfd,
+			    NULL, NULL, 0);
+		else if (w->direct)
+			/* liburing stores the index plus one: ALLOC - 1. */
+			io_uring_prep_accept_direct(sqe, w->lfd, NULL, NULL, 0,
+			    IORING_FILE_INDEX_ALLOC - 1);
 		else if (w->ms_accept)
 			io_uring_prep_multishot_accept(sqe, w->lfd, NULL, NULL,
 			    SOCK_CLOEXEC);
@@ -830,6 +868,26 @@ uw_sync_accept(struct worker *w)
 		close(w->lfd);
 		w->lfd = -1;
 	}
+}
+
+/*
+ * Close a descriptor no connection owns (accepted while stopping, or
+ * without memory for its connection).  A direct one is a slot of the
+ * files table: only a request can empty it.
+ */
+void
+uw_close_fd(struct worker *w, int fd, int fixed)
+{
+	struct io_uring_sqe *sqe;
+
+	if (!fixed) {
+		close(fd);
+		return;
+	}
+	if ((sqe = uw_sqe(w)) == NULL)
+		return;		/* the ring's exit frees the slot */
+	io_uring_prep_close_direct(sqe, (unsigned)fd);
+	ud_set(sqe, NULL, UD_IGNORE);
 }
 
 /* ---- the stop ------------------------------------------------------------ */

@@ -515,8 +515,14 @@ uc_start(struct worker *w, struct uconn *c)
 	uc_want(w, c, W_RECV);
 }
 
+/*
+ * FD is a direct descriptor when FIXED: a slot of the ring's files table,
+ * which only requests can name (IOSQE_FIXED_FILE).  No system call can:
+ * the peer's address is not asked (the rung is used only when no one
+ * wants it: see uw_init) and TCP_NODELAY comes from the listener.
+ */
 void
-uc_new(struct worker *w, int fd)
+uc_new(struct worker *w, int fd, int fixed)
 {
 	const struct srv *s = w->s;
 	char buf[NET_ADDRSTRLEN];
@@ -526,16 +532,18 @@ uc_new(struct worker *w, int fd)
 	c = calloc(1, sizeof(*c) + s->svc->state_size);
 	if (c == NULL) {
 		srv_warn(s, "out of memory: connection refused");
-		close(fd);
+		uw_close_fd(w, fd, fixed);
 		return;
 	}
 	c->w = w;
 	c->fd = fd;
+	if (fixed)
+		c->flags |= C_FIXED;
 	c->sink.reply = uc_sink_reply;
 	c->sink.broadcast = uc_sink_broadcast;
 	c->sink.conn = c;
 	c->sink.ctx = w;
-	if ((s->svc->state_size > 0 || s->verbose > 1) &&
+	if (!fixed && (s->svc->state_size > 0 || s->verbose > 1) &&
 	    net_peer_addr(fd, &peer) == 0) {
 		c->peer = strdup(net_addr_str(&peer, buf, sizeof(buf)));
 		c->sink.peer = c->peer;
@@ -639,10 +647,21 @@ uc_destroy(struct worker *w, struct uconn *c)
  * destroy the reply before the peer reads it.  Shut down our side and
  * read (discarding) until the peer closes, for at most LINGER_MS.
  */
+/* shutdown(2), or its request for a direct descriptor (armed later). */
+int
+uc_shutdown(struct worker *w, struct uconn *c, int how)
+{
+	if (c->flags & C_FIXED) {
+		uc_want(w, c, how == SHUT_WR ? W_SHUT_WR : W_SHUT_RDWR);
+		return 0;
+	}
+	return shutdown(c->fd, how) < 0 ? -errno : 0;
+}
+
 static void
 uc_linger(struct worker *w, struct uconn *c)
 {
-	if (shutdown(c->fd, SHUT_WR) < 0) {
+	if (uc_shutdown(w, c, SHUT_WR) < 0) {
 		uc_close(w, c);
 		return;
 	}

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "net.h"
@@ -21,7 +22,7 @@
 /* ---- options ------------------------------------------------------------- */
 
 enum {
-	OPT_NO_MULTISHOT = 3000, OPT_NO_MS_ACCEPT, OPT_NO_MS_RECV, OPT_NO_BUFRING,
+	OPT_NO_MULTISHOT = 3000, OPT_DIRECT, OPT_NO_DIRECT, OPT_NO_MS_ACCEPT, OPT_NO_MS_RECV, OPT_NO_BUFRING,
 	OPT_NO_INPLACE, OPT_NO_DEFER, OPT_SQPOLL, OPT_SQPOLL_IDLE, OPT_RING,
 	OPT_CQ, OPT_BUFFERS, OPT_MAX_HELD, OPT_BATCH,
 	OPT_COPY_BELOW,
@@ -30,6 +31,10 @@ enum {
 const struct srv_option uring_opts[] = {
 	{ "no-multishot", 0, OPT_NO_MULTISHOT, NULL,
 	  "single-shot accept and recv (both multishot rungs off)" },
+	{ "direct", 0, OPT_DIRECT, NULL,
+	  "direct descriptors: accept into the ring's files table" },
+	{ "no-direct", 0, OPT_NO_DIRECT, NULL,
+	  "plain descriptors (the default)" },
 	{ "no-multishot-accept", 0, OPT_NO_MS_ACCEPT, NULL,
 	  "one accept request per connection" },
 	{ "no-multishot-recv", 0, OPT_NO_MS_RECV, NULL,
@@ -67,6 +72,12 @@ uring_option(struct srv *s, int key, const char *arg)
 	switch (key) {
 	case OPT_NO_MULTISHOT:
 		cfg->ms_accept = cfg->ms_recv = 0;
+		break;
+	case OPT_DIRECT:
+		cfg->direct = 1;
+		break;
+	case OPT_NO_DIRECT:
+		cfg->direct = 0;
 		break;
 	case OPT_NO_MS_ACCEPT:
 		cfg->ms_accept = 0;
@@ -285,6 +296,37 @@ uw_probe_ops(struct worker *w)
 	return 0;
 }
 
+/*
+ * Direct descriptors (5.19): accept into a sparse table of the ring's own
+ * files and name the socket by its slot (IOSQE_FIXED_FILE), so that no
+ * request looks it up in the process's descriptor table (an fget/fput, an
+ * atomic on a shared counter, per request).  Not when something wants the
+ * peer's address (chat and rpc name clients by it, -vv logs it): a slot
+ * cannot be asked without a system call.  TCP_NODELAY is inherited from
+ * the listener, where it is set once.
+ */
+static void
+uw_files_init(struct worker *w)
+{
+	struct rlimit rl;
+	int r;
+
+	w->direct = w->cfg->direct && w->s->svc->state_size == 0 &&
+	    w->s->verbose <= 1 && w->lfd >= 0;
+	if (!w->direct)
+		return;
+	w->nfiles = 1U << 20;		/* the kernel's maximum */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < w->nfiles)
+		w->nfiles = (unsigned)rl.rlim_cur;
+	if ((r = io_uring_register_files_sparse(&w->ring, w->nfiles)) < 0) {
+		srv_log(w->s, "a files table of %u refused by the kernel (%s): "
+		    "plain descriptors", w->nfiles, strerror(-r));
+		w->direct = 0;
+		return;
+	}
+	(void)net_set_nodelay(w->lfd);
+}
+
 static int
 uw_init(struct worker *w)
 {
@@ -331,6 +373,7 @@ uw_init(struct worker *w)
 		    "block kernel worker threads");
 	/* Enter by ring index, not fd: saves a file lookup per enter. */
 	w->reg_ring = io_uring_register_ring_fd(&w->ring) == 1;
+	uw_files_init(w);
 	if (w->bufring && (r = ubuf_ring_init(w)) < 0) {
 		if (r != -EINVAL && r != -ENOMEM && r != -EOPNOTSUPP) {
 			srv_warn(w->s, "buffer ring: %s", strerror(-r));
@@ -367,7 +410,7 @@ uw_fini(struct worker *w)
 			free(s);
 		}
 		free(c->rbuf);
-		if (!(c->flags & C_CLOSESENT))
+		if (!(c->flags & (C_CLOSESENT | C_FIXED)))
 			close(c->fd);
 		uc_destroy(w, c);
 	}
@@ -401,12 +444,18 @@ uw_print_rungs(const struct worker *w)
 		snprintf(bufs, sizeof(bufs), " %u x %zu bytes, %u held at most, "
 		    "copied up to %u bytes", w->nbufs, w->bufsize, w->max_held,
 		    w->cfg->copy_below);
-	srv_debug(s, "rungs: %cmultishot-accept %cbufring %cmultishot-recv "
-	    "%csend-in-place %cdefer-taskrun %csqpoll",
-	    w->ms_accept ? '+' : '-', w->bufring ? '+' : '-',
+	srv_debug(s, "rungs: %cmultishot-accept %cdirect %cbufring "
+	    "%cmultishot-recv %csend-in-place %cdefer-taskrun %csqpoll",
+	    w->ms_accept ? '+' : '-', w->direct ? '+' : '-',
+	    w->bufring ? '+' : '-',
 	    w->ms_recv ? '+' : '-',
 	    w->bufring && w->cfg->send_inplace ? '+' : '-',
 	    w->defer ? '+' : '-', w->sqpoll ? '+' : '-');
+	if (w->direct)
+		srv_debug(s, "files table: %u direct descriptors", w->nfiles);
+	else if (w->cfg->direct && w->s->svc->state_size > 0)
+		srv_debug(s, "direct descriptors: not with -s %s (clients are "
+		    "named by their address)", w->s->svc->name);
 	srv_debug(s, "ring: %u sq, %u cq entries%s%s%s; buffers%s; "
 	    "batch %d us; kernel features:%s%s%s", w->sq_entries,
 	    w->cq_entries, w->coop && !w->defer && !w->sqpoll ?
@@ -461,6 +510,7 @@ main(int argc, char **argv)
 {
 	struct ucfg cfg = {
 		.ms_accept = 1, .ms_recv = 1, .bufring = 1, .send_inplace = 1,
+		.direct = 0,	/* no gain measured here: see echo-uring(1) */
 		.defer = 1, .sqpoll_idle = 1000, .sq_entries = 512,
 		.nbufs = 512, .batch_us = 500, .copy_below = 1024,
 	};

@@ -65,6 +65,9 @@
 #ifndef IORING_FEAT_FAST_POLL
 #define IORING_FEAT_FAST_POLL		(1U << 5)
 #endif
+#ifndef IORING_ASYNC_CANCEL_FD_FIXED
+#define IORING_ASYNC_CANCEL_FD_FIXED	(1U << 3)
+#endif
 #ifndef IORING_FEAT_EXT_ARG
 #define IORING_FEAT_EXT_ARG		(1U << 8)
 #endif
@@ -81,7 +84,7 @@
 				   no longer paces the room */
 
 struct ucfg {
-	int		 ms_accept, ms_recv, bufring, send_inplace;
+	int		 ms_accept, ms_recv, bufring, send_inplace, direct;
 	int		 defer, sqpoll, sqpoll_idle;
 	unsigned	 sq_entries, cq_entries, nbufs, max_held, copy_below;
 	int		 batch_us;
@@ -126,6 +129,7 @@ struct useg {
 #define C_PACED		0x20000	/* not taking input: a recipient is congested */
 #define C_CONGEST	0x40000	/* above the high-water mark: paces senders */
 #define C_STALLED	0x80000	/* congested, but no progress for STALL_MS */
+#define C_FIXED		0x100000 /* FD is a direct descriptor (a table slot) */
 
 /* What a connection wants armed at the next flush. */
 #define W_RECV		0x01
@@ -134,6 +138,8 @@ struct useg {
 #define W_CANCEL_SEND	0x08
 #define W_CANCEL_ALL	0x10
 #define W_CLOSE		0x20
+#define W_SHUT_WR	0x40	/* direct descriptors: shutdown through the ring */
+#define W_SHUT_RDWR	0x80
 
 struct worker;
 
@@ -197,6 +203,8 @@ struct worker {
 
 	/* The rungs actually in use, after probing and fallbacks. */
 	int			 ms_accept, ms_recv, bufring, defer, coop;
+	int			 direct;	/* accept into the files table */
+	unsigned		 nfiles;	/* its size */
 	int			 sqpoll, submit_all, reg_ring;
 
 	int			 lfd, reserve, wake_fd;
@@ -289,7 +297,8 @@ void	uc_check_highwater(struct worker *w, struct uconn *c);
 void	uc_congest(struct worker *w, struct uconn *c);
 void	uc_decongest(struct worker *w, struct uconn *c, int stalled);
 void	uc_unpace(struct worker *w, struct uconn *c);
-void	uc_new(struct worker *w, int fd);
+void	uc_new(struct worker *w, int fd, int fixed);
+int	uc_shutdown(struct worker *w, struct uconn *c, int how);
 void	uc_close(struct worker *w, struct uconn *c);
 void	uc_check_free(struct worker *w, struct uconn *c);
 void	uc_destroy(struct worker *w, struct uconn *c);
@@ -303,6 +312,7 @@ int64_t	uw_next_deadline(const struct worker *w);
 /* ---- echo-uring.c: the loop ---------------------------------------------- */
 
 int	uw_run(struct worker *w);
+void	uw_close_fd(struct worker *w, int fd, int fixed);
 
 /* ---- uring-setup.c: set-up ----------------------------------------------- */
 

@@ -71,10 +71,12 @@ assert_buffers_clean() {
 
 @test "-v names the rungs in use, and every switch turns its rung off" {
 	local -a cases=(
-		"|+multishot-accept +bufring +multishot-recv +send-in-place +defer-taskrun -sqpoll"
-		"--no-multishot|-multishot-accept +bufring -multishot-recv +send-in-place"
-		"--no-multishot-accept|-multishot-accept +bufring +multishot-recv"
-		"--no-multishot-recv|+multishot-accept +bufring -multishot-recv"
+		"|+multishot-accept -direct +bufring +multishot-recv +send-in-place +defer-taskrun -sqpoll"
+		"--direct|+multishot-accept +direct +bufring +multishot-recv +send-in-place"
+		"--direct --no-multishot|-multishot-accept +direct +bufring -multishot-recv +send-in-place"
+		"--no-multishot-accept|-multishot-accept -direct +bufring +multishot-recv"
+		"--direct --no-direct|+multishot-accept -direct +bufring +multishot-recv"
+		"--no-multishot-recv|+multishot-accept -direct +bufring -multishot-recv"
 		"--no-bufring|-bufring -multishot-recv -send-in-place"
 		"--no-send-in-place|+bufring +multishot-recv -send-in-place"
 		"--no-defer-taskrun|-defer-taskrun -sqpoll"
@@ -95,6 +97,21 @@ assert_buffers_clean() {
 		stop_server
 		assert_buffers_clean
 	done
+}
+
+@test "direct descriptors: not with a service that names clients by address, saying why" {
+	start_server -v --direct -s chat
+	grep -q ': rungs: +multishot-accept -direct ' "$SRV_LOG" ||
+	    fail "chat with direct descriptors: $(cat "$SRV_LOG")"
+	grep -q 'direct descriptors: not with -s chat' "$SRV_LOG" ||
+	    fail "no reason given: $(cat "$SRV_LOG")"
+	stop_server
+	start_server -v --direct
+	grep -q 'files table: [0-9]* direct descriptors' "$SRV_LOG" ||
+	    fail "no files table line: $(cat "$SRV_LOG")"
+	run iotest churn -n 300 "$SRV_ADDR"
+	assert_success
+	stop_server
 }
 
 @test "a one-buffer ring: recv ends in ENOBUFS, is re-armed, every client is echoed" {
