@@ -62,6 +62,7 @@
 #define BENCH_PORT	7007
 #define BENCH_EX_USAGE	64
 #define BENCH_EX_UNAVAILABLE 69
+#define BENCH_EX_OSERR	71
 
 /*
  * The pattern is a prime number of bytes long, so consecutive messages of

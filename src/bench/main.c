@@ -373,7 +373,7 @@ threads_make(void)
 		    &bench_engine_epoll;
 		if ((t->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
 			perror(BENCH_PROG ": epoll_create1");
-			exit(71);
+			exit(BENCH_EX_OSERR);
 		}
 		for (k = 0; k < t->nconns; k++) {
 			struct bench_conn *c = &t->conns[k];
@@ -475,7 +475,7 @@ main(int argc, char **argv)
 		    fanout_main : thread_main, &th[i]))) {
 			fprintf(stderr, "%s: pthread_create: %s\n", BENCH_PROG,
 			    strerror(rc));
-			return 71;
+			return BENCH_EX_OSERR;
 		}
 
 	t_setup = now_ns();
