@@ -10,7 +10,6 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +17,7 @@
 #include <sys/epoll.h>
 
 #include "bench.h"
+#include "tool.h"
 
 struct bench_opts opt;
 struct bench_run bench_run;
@@ -70,20 +70,6 @@ usage(FILE *f)
 "  -h, --help, --version\n", BENCH_PROG);
 }
 
-static void __attribute__((noreturn, format(printf, 1, 2)))
-bad_usage(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "%s: ", BENCH_PROG);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	usage(stderr);
-	exit(BENCH_EX_USAGE);
-}
-
 static double
 parse_double(const char *name, const char *arg, double min, double max)
 {
@@ -93,7 +79,7 @@ parse_double(const char *name, const char *arg, double min, double max)
 	errno = 0;
 	v = strtod(arg, &end);
 	if (errno || end == arg || *end || !(v >= min && v <= max))
-		bad_usage("%s: '%s' is not a number in [%g, %g]", name, arg,
+		tool_usage_error("%s: '%s' is not a number in [%g, %g]", name, arg,
 		    min, max);
 	return v;
 }
@@ -115,7 +101,7 @@ parse_int(const char *name, const char *arg, long long min, long long max,
 		end++;
 	}
 	if (errno || end == arg || *end || v < min || v > max)
-		bad_usage("%s: '%s' is not a number in [%lld, %lld]", name, arg,
+		tool_usage_error("%s: '%s' is not a number in [%lld, %lld]", name, arg,
 		    min, max);
 	return v;
 }
@@ -131,9 +117,9 @@ engine_choose(void)
 	int r = -ENOSYS;
 
 	if (opt.engine == ENGINE_URING && !bench_engine_uring)
-		bad_usage("-E uring: built without liburing");
+		tool_usage_error("-E uring: built without liburing");
 	if (opt.engine == ENGINE_URING && opt.mode == MODE_CHURN)
-		bad_usage("-E uring: churn mode runs on epoll");
+		tool_usage_error("-E uring: churn mode runs on epoll");
 	if (bench_engine_uring && opt.engine != ENGINE_EPOLL &&
 	    opt.mode != MODE_CHURN)
 		r = bench_engine_uring->probe();
@@ -227,7 +213,7 @@ parse_args(int argc, char **argv)
 			else if (strcmp(optarg, "uring") == 0)
 				opt.engine = ENGINE_URING;
 			else
-				bad_usage("-E: '%s' is not auto, epoll or uring",
+				tool_usage_error("-E: '%s' is not auto, epoll or uring",
 				    optarg);
 			break;
 		case 'p':
@@ -283,37 +269,37 @@ parse_args(int argc, char **argv)
 	if (optind < argc)
 		target = argv[optind++];
 	if (optind < argc)
-		bad_usage("unexpected argument '%s'", argv[optind]);
+		tool_usage_error("unexpected argument '%s'", argv[optind]);
 	if (net_parse_addr(target, port, &opt.addr) < 0)
-		bad_usage("bad address '%s'", target);
+		tool_usage_error("bad address '%s'", target);
 	net_addr_str(&opt.addr, opt.addrstr, sizeof(opt.addrstr));
 	if ((opt.proto = wire_proto(svc)) == NULL)
-		bad_usage("unknown service '%s' (echo, upper, rpc, rpc-le)", svc);
+		tool_usage_error("unknown service '%s' (echo, upper, rpc, rpc-le)", svc);
 	if (strcmp(opt.proto->name, "chat") == 0 && !fanout)
-		bad_usage("-S chat: only with --fanout");
+		tool_usage_error("-S chat: only with --fanout");
 	if (churn && opt.rate > 0)
-		bad_usage("--churn and --rate do not mix");
+		tool_usage_error("--churn and --rate do not mix");
 	opt.mode = churn ? MODE_CHURN : opt.rate > 0 ? MODE_OPEN : MODE_CLOSED;
 	if (fanout) {
 		if (churn || opt.rate > 0 || opt.idle)
-			bad_usage("--fanout does not mix with --churn, --rate or --idle");
+			tool_usage_error("--fanout does not mix with --churn, --rate or --idle");
 		if (opt.conns < 2)
-			bad_usage("--fanout needs a talker and a listener: -c 2 or more");
+			tool_usage_error("--fanout needs a talker and a listener: -c 2 or more");
 		if (opt.engine == ENGINE_URING)
-			bad_usage("-E uring: the fan-out runs on epoll");
+			tool_usage_error("-E uring: the fan-out runs on epoll");
 		opt.mode = MODE_FANOUT;
 		opt.proto = wire_proto("chat");
 		opt.engine = ENGINE_EPOLL;
 		opt.threads = 1;
 	}
 	if (opt.conns == 0 && opt.idle == 0)
-		bad_usage("nothing to do: -c 0 and no idle connections");
+		tool_usage_error("nothing to do: -c 0 and no idle connections");
 	if (opt.mode == MODE_OPEN && opt.conns == 0)
-		bad_usage("--rate needs active connections");
+		tool_usage_error("--rate needs active connections");
 	if (opt.syscalls && !opt.server_pid)
-		bad_usage("--syscalls needs --server-pid");
+		tool_usage_error("--syscalls needs --server-pid");
 	if (opt.quota > 0 && !opt.server_pid)
-		bad_usage("--server-quota needs --server-pid");
+		tool_usage_error("--server-quota needs --server-pid");
 	if (opt.threads > opt.conns + opt.idle)
 		opt.threads = opt.conns + opt.idle;
 	engine_choose();
@@ -439,6 +425,7 @@ main(int argc, char **argv)
 	int i, k, perf_on = 0, rc;
 	struct sigaction sa;
 
+	tool_init(BENCH_PROG, usage);
 	parse_args(argc, argv);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_sigint;
