@@ -900,7 +900,7 @@ uw_begin_stop(struct worker *w)
 	if (w->stopping)
 		return;
 	w->stopping = 1;
-	w->stop_deadline = w->now + STOP_GRACE_MS;
+	w->stop_deadline = w->now + SRV_STOP_GRACE_MS;
 	for (c = TAILQ_FIRST(&w->live); c; c = next) {
 		next = TAILQ_NEXT(c, lru);
 		uc_inq_free(w, c);		/* no more input is served */

@@ -125,31 +125,50 @@ useg_enqueue(struct uconn *c, struct useg *s)
 	c->qbytes += s->len - s->off;
 }
 
+/*
+ * Append a copy of BUF to the list *HEAD..*TAIL, topping up its last copy
+ * first, unless that one is NOTOP (the kernel is sending from it).
+ * Returns 1 when it took a new segment, 0 when the top-up sufficed, or
+ * -ENOMEM with the list untouched.
+ */
+static int
+useg_append(struct worker *w, struct useg **head, struct useg **tail,
+    const uint8_t *buf, size_t len, const struct useg *notop)
+{
+	struct useg *t = *tail, *s = NULL;
+	size_t n = 0;
+
+	if (t && t->kind == SEG_HEAP && t != notop)
+		n = t->cap - t->len < len ? t->cap - t->len : len;
+	if (n < len && (s = useg_heap(w, len - n)) == NULL)
+		return -ENOMEM;
+	if (n > 0) {
+		memcpy(t->data + t->len, buf, n);
+		t->len += (uint32_t)n;
+	}
+	if (s == NULL)
+		return 0;
+	memcpy(s->data, buf + n, len - n);
+	s->len = (uint32_t)(len - n);
+	if (t)
+		t->next = s;
+	else
+		*head = s;
+	*tail = s;
+	return 1;
+}
+
 /* Queue a copy of BUF: what every service's reply does. */
 static int
 uc_queue_copy(struct worker *w, struct uconn *c, const uint8_t *buf, size_t len)
 {
-	struct useg *t = c->qtail, *s;
-	size_t n;
+	int rc = useg_append(w, &c->qhead, &c->qtail, buf, len,
+	    (c->flags & C_SEND) ? c->send_last : NULL);
 
-	/* Top up the last copy, unless the kernel is sending from it. */
-	if (t && t->kind == SEG_HEAP && !(t == c->send_last && (c->flags & C_SEND))) {
-		n = t->cap - t->len;
-		n = n < len ? n : len;
-		memcpy(t->data + t->len, buf, n);
-		t->len += (uint32_t)n;
-		c->qbytes += n;
-		buf += n;
-		len -= n;
-	}
-	if (len == 0)
-		return 0;
-	if ((s = useg_heap(w, len)) == NULL)
-		return -ENOMEM;
-	memcpy(s->data, buf, len);
-	s->len = (uint32_t)len;
-	useg_enqueue(c, s);
-	w->st.copies++;
+	if (rc < 0)
+		return rc;
+	c->qbytes += len;
+	w->st.copies += (unsigned)rc;
 	return 0;
 }
 
@@ -164,41 +183,32 @@ uc_queue_copy(struct worker *w, struct uconn *c, const uint8_t *buf, size_t len)
 static int
 uc_hold(struct worker *w, struct uconn *c, const uint8_t *buf, size_t len)
 {
-	struct useg *t = c->inq_tail, *s;
-	size_t n;
+	int rc = useg_append(w, &c->inq, &c->inq_tail, buf, len, NULL);
 
-	if (t && (n = t->cap - t->len) > 0) {
-		n = n < len ? n : len;
-		memcpy(t->data + t->len, buf, n);
-		t->len += (uint32_t)n;
-		buf += n;
-		len -= n;
-	}
-	if (len == 0)
-		return 0;
-	if ((s = useg_heap(w, len)) == NULL)
-		return -ENOMEM;
-	memcpy(s->data, buf, len);
-	s->len = (uint32_t)len;
-	if (t)
-		t->next = s;
-	else
-		c->inq = s;
-	c->inq_tail = s;
-	w->st.held++;
+	if (rc < 0)
+		return rc;
+	w->st.held += (unsigned)rc;
 	return 0;
+}
+
+/* Release every segment of the list *HEAD (and clear *TAIL). */
+static void
+useg_release_all(struct worker *w, struct uconn *c, struct useg **head,
+    struct useg **tail)
+{
+	struct useg *s;
+
+	while ((s = *head) != NULL) {
+		*head = s->next;
+		useg_release(w, c, s);
+	}
+	*tail = NULL;
 }
 
 void
 uc_inq_free(struct worker *w, struct uconn *c)
 {
-	struct useg *s;
-
-	while ((s = c->inq) != NULL) {
-		c->inq = s->next;
-		useg_free(w, s);
-	}
-	c->inq_tail = NULL;
+	useg_release_all(w, c, &c->inq, &c->inq_tail);
 }
 
 void
@@ -245,13 +255,7 @@ useg_unpin(struct worker *w, struct uconn *c, struct useg **pp)
 void
 uc_queue_free(struct worker *w, struct uconn *c)
 {
-	struct useg *s;
-
-	while ((s = c->qhead) != NULL) {
-		c->qhead = s->next;
-		useg_release(w, c, s);
-	}
-	c->qtail = NULL;
+	useg_release_all(w, c, &c->qhead, &c->qtail);
 	c->qbytes = 0;
 	uc_inq_free(w, c);
 }
@@ -382,7 +386,7 @@ uc_check_highwater(struct worker *w, struct uconn *c)
  * Without it one round of completions can hand the service megabytes
  * from a talker before a single send to a listener has completed, and a
  * listener that reads as fast as it can would pass --max-pending and be
- * dropped.  A recipient that makes no progress for STALL_MS (it does not
+ * dropped.  A recipient that makes no progress for SRV_STALL_MS (it does not
  * read at all) stops pacing the room: its queue grows again, and it is
  * dropped at --max-pending, as before.
  */
@@ -411,7 +415,7 @@ uc_decongest(struct worker *w, struct uconn *c, int stalled)
 		w->st.stalls++;
 		srv_debug(w->s, "%s: no progress for %d ms with %zu bytes "
 		    "queued: no longer pacing the others",
-		    c->peer ? c->peer : "client", STALL_MS, c->qbytes);
+		    c->peer ? c->peer : "client", SRV_STALL_MS, c->qbytes);
 	}
 }
 
@@ -478,10 +482,8 @@ uc_sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 	TAILQ_FOREACH(c, &w->live, lru) {
 		if (c == self || (c->flags & (C_DOOMED | C_CLOSE | C_EOF)))
 			continue;
-		if (c->qbytes + len > w->s->svc_cfg.max_pending) {
-			srv_log(w->s, "%s: %zu bytes of output pending, not "
-			    "reading: disconnected", c->peer ? c->peer : "client",
-			    c->qbytes);
+		if (srv_too_pending(w->s, c->qbytes, len)) {
+			srv_log_not_reading(w->s, c->peer, c->qbytes);
 			uc_doom(w, c);
 			continue;
 		}
@@ -645,7 +647,7 @@ uc_destroy(struct worker *w, struct uconn *c)
  * Lingering close, after a service error: the reply is queued and sent;
  * closing now with unread input would make the kernel send a RST that may
  * destroy the reply before the peer reads it.  Shut down our side and
- * read (discarding) until the peer closes, for at most LINGER_MS.
+ * read (discarding) until the peer closes, for at most SRV_LINGER_MS.
  */
 /* shutdown(2), or its request for a direct descriptor (armed later). */
 int
@@ -861,11 +863,11 @@ uw_expire(struct worker *w)
 			    w->s->idle_timeout);
 			uc_close(w, c);
 		}
-	while ((c = TAILQ_FIRST(&w->linger)) && w->now - c->last >= LINGER_MS)
+	while ((c = TAILQ_FIRST(&w->linger)) && w->now - c->last >= SRV_LINGER_MS)
 		uc_close(w, c);
 	for (c = TAILQ_FIRST(&w->congested); c; c = next) {
 		next = TAILQ_NEXT(c, cong);
-		if (w->now - c->prog_ms >= STALL_MS)
+		if (w->now - c->prog_ms >= SRV_STALL_MS)
 			uc_decongest(w, c, 1);
 	}
 	if (w->stopping && w->now >= w->stop_deadline)
@@ -886,7 +888,7 @@ uw_next_deadline(const struct worker *w)
 	if (idle > 0 && (c = TAILQ_FIRST(&w->live)) != NULL)
 		EARLIER(c->last + idle - w->now);
 	if ((c = TAILQ_FIRST(&w->linger)) != NULL)
-		EARLIER(c->last + LINGER_MS - w->now);
+		EARLIER(c->last + SRV_LINGER_MS - w->now);
 	if (w->stopping)
 		EARLIER(w->now < w->stop_deadline ?
 		    w->stop_deadline - w->now : 100);
@@ -895,7 +897,7 @@ uw_next_deadline(const struct worker *w)
 	if (!TAILQ_EMPTY(&w->bufwait) && w->nheld < w->nbufs)
 		EARLIER(1);	/* buffers free, waiters left: see uw_flush() */
 	TAILQ_FOREACH(c, &w->congested, cong)
-		EARLIER(c->prog_ms + STALL_MS - w->now);
+		EARLIER(c->prog_ms + SRV_STALL_MS - w->now);
 #undef EARLIER
 	return t;
 }

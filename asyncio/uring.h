@@ -73,15 +73,11 @@
 #endif
 
 #define BGID		0	/* our one buffer group */
-#define LINGER_MS	2000	/* lingering close after a service error */
-#define STOP_GRACE_MS	2000	/* at stop, time to flush queued output */
 #define SMALL_SEG	256	/* pooled copies: a small message's worth */
 #define POOL_MAX	256	/* free small segments kept per worker */
 #define ACCEPT_PAUSE_MS	100	/* after an accept error we cannot shed */
 #define FEED_SLICE	4096	/* input fed to a service at a time */
 #define SEND_IOV	16	/* queued segments one send carries */
-#define STALL_MS	1000	/* a recipient this long without progress
-				   no longer paces the room */
 
 struct ucfg {
 	int		 ms_accept, ms_recv, bufring, send_inplace, direct;
@@ -128,7 +124,7 @@ struct useg {
 #define C_PARKED	0x10000	/* accepted past -m: waits, no request armed */
 #define C_PACED		0x20000	/* not taking input: a recipient is congested */
 #define C_CONGEST	0x40000	/* above the high-water mark: paces senders */
-#define C_STALLED	0x80000	/* congested, but no progress for STALL_MS */
+#define C_STALLED	0x80000	/* congested, but no progress for SRV_STALL_MS */
 #define C_FIXED		0x100000 /* FD is a direct descriptor (a table slot) */
 
 /* What a connection wants armed at the next flush. */

@@ -24,7 +24,6 @@
 #define READS_PER_EVENT		16	/* then let the other connections run */
 #define ACCEPTS_PER_EVENT	64
 #define MIN_CHUNK		4096
-#define STALL_MS		1000	/* see congest() */
 
 /* Output not yet accepted by the kernel. */
 struct conn_chunk {
@@ -147,7 +146,7 @@ free_chunks(struct conn *c)
  * own queue is too long is not (CONN_PAUSED).  Without it a talker faster
  * than a listener drives the listener's queue past --max-pending and has
  * it dropped although it reads all along.  A recipient with no progress
- * for STALL_MS does not read at all: it stops pacing the others, and is
+ * for SRV_STALL_MS does not read at all: it stops pacing the others, and is
  * dropped once its queue passes --max-pending.
  */
 static void
@@ -173,7 +172,7 @@ decongest(struct conn_loop *lp, struct conn *c, int stalled)
 		c->flags |= CONN_STALLED;
 		srv_debug(lp->srv, "%s: no progress for %d ms with %zu bytes "
 		    "queued: no longer pacing the others",
-		    c->peer ? c->peer : "client", STALL_MS, c->pending);
+		    c->peer ? c->peer : "client", SRV_STALL_MS, c->pending);
 	}
 	if (--lp->ncongest > 0)
 		return;
@@ -726,7 +725,7 @@ expire(struct conn_loop *lp)
 	for (c = lp->ncongest > 0 ? lp->live.head : NULL; c; c = c->next) {
 		if (!(c->flags & CONN_CONGEST))
 			continue;
-		if ((t = STALL_MS - (now - c->prog)) <= 0)
+		if ((t = SRV_STALL_MS - (now - c->prog)) <= 0)
 			decongest(lp, c, 1);
 		else if (wait < 0 || t < wait)
 			wait = t;

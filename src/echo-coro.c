@@ -44,7 +44,7 @@
  *     (__sanitizer_start/finish_switch_fiber), or it reports the
  *     coroutine stacks as overflows of the main one;
  *   - stop: the listener closes, coroutines parked in read are woken to
- *     end at once, those still writing get STOP_GRACE_MS.
+ *     end at once, those still writing get SRV_STOP_GRACE_MS.
  */
 #include "config.h"
 
@@ -78,7 +78,6 @@
 #define CORO_HAVE_ASM	1
 #endif
 
-#define STOP_GRACE_MS	2000
 #define ACCEPTS_PER_WAKE 64
 #define MAX_EVENTS	256
 #define STACK_CACHE	128	/* freed stacks kept for new connections */
@@ -792,7 +791,7 @@ sched_stop(void)
 	if (S.stopping)
 		return;
 	S.stopping = 1;
-	S.stop_deadline = srv_now_ms() + STOP_GRACE_MS;
+	S.stop_deadline = srv_now_ms() + SRV_STOP_GRACE_MS;
 	listener_off();
 	close(S.lfd);
 	S.lfd = -1;

@@ -55,6 +55,14 @@
 #define SRV_LINGER_MS		2000
 
 /*
+ * Pacing a room: while a recipient of a broadcast is over --highwater,
+ * the loops stop taking the talkers' input.  A recipient that makes no
+ * write progress for SRV_STALL_MS does not read at all: it stops pacing
+ * the others, and is dropped once it passes --max-pending.
+ */
+#define SRV_STALL_MS		1000
+
+/*
  * Options a model adds to the shared command line.  KEY is what the model's
  * handler receives; ARG is NULL for a flag.  The handler returns 0, or -1
  * after having called srv_usage_error().
