@@ -140,14 +140,9 @@ free_chunks(struct conn *c)
 }
 
 /*
- * Pacing, for a service that broadcasts.  A recipient whose queue passes
- * the high-water mark is congested; while one is, the connections whose
- * input would be broadcast are not read (paced), as a connection whose
- * own queue is too long is not (CONN_PAUSED).  Without it a talker faster
- * than a listener drives the listener's queue past --max-pending and has
- * it dropped although it reads all along.  A recipient with no progress
- * for SRV_STALL_MS does not read at all: it stops pacing the others, and is
- * dropped once its queue passes --max-pending.
+ * Pacing (SRV_STALL_MS in server.h): while a recipient is congested, the
+ * connections whose input would be broadcast are not read (paced), as a
+ * connection whose own queue is too long is not (CONN_PAUSED).
  */
 static void
 congest(struct conn_loop *lp, struct conn *c)

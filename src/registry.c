@@ -89,6 +89,8 @@ reg_queue(struct reg_member *b, const uint8_t *buf, size_t len)
 		c->next = NULL;
 		c->len = len;
 		memcpy(c->data, buf, len);
+		if (b->pending == 0)
+			b->prog = srv_now_ms();	/* a backlog starts */
 		if (b->tail)
 			b->tail->next = c;
 		else
@@ -109,6 +111,59 @@ out:
 		(void)eventfd_write(b->efd, 1);
 }
 
+/*
+ * Milliseconds until the first recipient congested now (more than the
+ * high-water mark queued) would count as stalled, or 0 when none is.  The
+ * registry is locked.  A recipient whose own thread waits here too is
+ * left out (it cannot drain while it waits: two broadcasters would wait
+ * for each other), and so is one without progress for SRV_STALL_MS: it
+ * does not read, and is dropped at --max-pending instead.
+ */
+static int64_t
+reg_congested(struct registry *r, struct reg_member *self)
+{
+	int64_t now = srv_now_ms(), wait = 0, t;
+	struct reg_member *b;
+	size_t i;
+
+	for (i = 0; i < r->n; i++) {
+		if ((b = r->slots[i].b) == NULL || b == self || b->pacing)
+			continue;
+		pthread_mutex_lock(&b->mu);
+		if (!b->doomed && b->pending >= self->srv->highwater &&
+		    (t = b->prog + SRV_STALL_MS - now) > 0) {
+			b->waited = 1;
+			if (wait == 0 || t < wait)
+				wait = t;
+		}
+		pthread_mutex_unlock(&b->mu);
+	}
+	return wait;
+}
+
+/*
+ * Pacing (server.h): the broadcaster's thread waits while a recipient
+ * that reads is more than the high-water mark behind, as a readiness loop
+ * stops reading the sender; its client's input waits in the kernel, and
+ * TCP's window pushes back on the talker.  Woken when a recipient drains
+ * to half the mark or leaves; the timeout is when it would count as
+ * stalled.  A stop signal cannot reach a condition variable, so a stop
+ * waits at most SRV_STALL_MS here.
+ */
+static void
+reg_pace(struct registry *r, struct reg_member *self)
+{
+	struct timespec ts;
+	int64_t wait;
+
+	self->pacing = 1;
+	while (!srv_stop && (wait = reg_congested(r, self)) > 0) {
+		srv_deadline(&ts, (int)wait);
+		pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+	}
+	self->pacing = 0;
+}
+
 int
 reg_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 {
@@ -120,6 +175,7 @@ reg_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 	for (i = 0; i < r->n; i++)
 		if (r->slots[i].b != NULL && r->slots[i].b != self)
 			reg_queue(r->slots[i].b, buf, len);
+	reg_pace(r, self);
 	pthread_mutex_unlock(&r->mu);
 	return 0;
 }
@@ -135,6 +191,7 @@ reg_flush(struct reg_member *b)
 {
 	struct reg_chunk *c;
 	ssize_t n;
+	int wake;
 
 	for (;;) {
 		pthread_mutex_lock(&b->mu);
@@ -150,7 +207,17 @@ reg_flush(struct reg_member *b)
 			b->tail = NULL;
 		b->pending -= c->len;
 		b->writing = 0;
+		b->prog = srv_now_ms();
+		wake = b->waited && b->pending <= b->srv->highwater / 2;
+		if (wake)
+			b->waited = 0;
 		pthread_mutex_unlock(&b->mu);
+		if (wake) {
+			/* A broadcaster waits in reg_pace(). */
+			pthread_mutex_lock(&b->reg->mu);
+			pthread_cond_broadcast(&b->reg->cv);
+			pthread_mutex_unlock(&b->reg->mu);
+		}
 		if (n != (ssize_t)c->len) {
 			free(c);
 			b->werr = n < 0 ? (int)-n : EPIPE;
@@ -199,6 +266,7 @@ reg_leave(struct reg_member *b)
 	for (i = 0; i < r->n; i++)
 		if (r->slots[i].b == b)
 			r->slots[i].b = NULL;
+	pthread_cond_broadcast(&r->cv);		/* reg_pace() waits for B */
 	pthread_mutex_unlock(&r->mu);
 	/* Nobody can reach B now. */
 	while ((c = b->head) != NULL) {

@@ -25,7 +25,9 @@
  * the connection's output queue to its slot, and a broadcast walks the
  * slots under the registry's lock.  One lock for the whole room: clients
  * that broadcast at the same moment take turns (each only long enough to
- * queue a copy per recipient, never to write to a socket).
+ * queue a copy per recipient, never to write to a socket).  A recipient
+ * that falls behind but reads paces the broadcasters (SRV_STALL_MS): they
+ * wait on the registry's condition variable until it drains.
  */
 struct reg_member;
 
@@ -63,6 +65,9 @@ struct reg_member {
 	size_t		 pending;	/* bytes queued, not yet written */
 	int		 writing;	/* a thread is writing to fd */
 	int		 doomed;	/* past --max-pending: shut down */
+	int		 waited;	/* a broadcaster waits for it to drain */
+	int64_t		 prog;		/* the queue's last write progress */
+	int		 pacing;	/* its thread waits in reg_pace() (reg's lock) */
 };
 
 int	reg_init(struct registry *);

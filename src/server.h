@@ -55,10 +55,14 @@
 #define SRV_LINGER_MS		2000
 
 /*
- * Pacing a room: while a recipient of a broadcast is over --highwater,
- * the loops stop taking the talkers' input.  A recipient that makes no
- * write progress for SRV_STALL_MS does not read at all: it stops pacing
- * the others, and is dropped once it passes --max-pending.
+ * Pacing, for a service that broadcasts.  A recipient whose queue passes
+ * the high-water mark is congested: until it drains to half the mark, the
+ * senders are paced (not read, or made to wait) instead of queueing more
+ * for it.  Without that a talker faster than a listener drives the
+ * listener's queue past --max-pending and has it dropped although it
+ * reads all along.  A recipient with no write progress for SRV_STALL_MS
+ * does not read at all: it stops pacing the others (a client that stops
+ * reading costs the room that long), and is dropped at --max-pending.
  */
 #define SRV_STALL_MS		1000
 
