@@ -655,6 +655,7 @@ conn_accept(struct conn_loop *lp)
 			continue;
 		}
 		lp->progress++;
+		lp->accepts++;
 		c = conn_new(lp, fd, &peer);
 		if (c == NULL) {
 			srv_warn(s, "cannot register a connection: %s",

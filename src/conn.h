@@ -82,6 +82,7 @@ struct conn_loop {
 	int			 nconns;
 	int			 ncongest;	/* recipients pacing the others */
 	unsigned long		 progress;	/* bytes moved, accepts, EOFs */
+	unsigned long		 accepts;	/* connections accepted, ever */
 	struct conn_list	 live, linger;
 	struct conn		*dead, *doomed, *again;
 	uint8_t			*rbuf;

@@ -2,7 +2,8 @@
 # What each IO model documents about itself, beyond the conformance suite:
 # the fork server leaves no zombie, the thread and pool servers hold their
 # caps, prefork's accept locks and per-child counts, the worker supervisor's
-# back-off (echo-epoll -w, echo-prefork), the busy-wait server's
+# back-off (echo-epoll -w, echo-prefork), echo-epoll's three listener
+# shapes and their stop report, the busy-wait server's
 # CPU, select's FD_SETSIZE ceiling, sigio's real-time queue overflow; and
 # the source layout (no include cycle, no file over 1,000 lines).
 #
@@ -239,25 +240,37 @@ $(ps -o pid,ppid,stat,args -p "$(echo $kids | tr ' ' ,)")"
 
 # ---- echo-prefork ------------------------------------------------------------------
 
-# The -v report at exit: "child N: K connections" per child, and the total.
-prefork_report() { # LOG
-	local log=$1 sum=0 k
-	for k in $(sed -n 's/.*child [0-9]*: \([0-9]*\) connections$/\1/p' "$log"); do
+# A per-worker report at exit: "N S", the count of LOG's lines that match
+# RE (an extended regex whose first group is a number) and their sum.
+report_sum() { # LOG RE
+	local sum=0 k
+	for k in $(sed -En "s/.*$2.*/\\1/p" "$1"); do
 		sum=$((sum + k))
 	done
-	echo "$(grep -c 'child [0-9]*: [0-9]* connections$' "$log") $sum"
+	echo "$(grep -cE "$2" "$1") $sum"
+}
+
+# Start the server, then 330 connections: 300 one after another and 30 at
+# once (16 KiB each); stop it.
+serve_330() {
+	start_server
+	run iotest churn -n 300 "$SRV_ADDR"
+	assert_success
+	run iotest concurrent -n 30 -s 16k "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+# The -v report at exit: "child N: K connections" per child, and the total.
+prefork_report() { # LOG
+	report_sum "$1" 'child [0-9]+: ([0-9]+) connections$'
 }
 
 @test "prefork: every --accept-lock mode serves, and -v counts every connection per child" {
 	local mode report
 	for mode in none fcntl mutex; do
 		use echo-prefork -w 3 -v --accept-lock "$mode"
-		start_server
-		run iotest churn -n 300 "$SRV_ADDR"
-		assert_success
-		run iotest concurrent -n 30 -s 16k "$SRV_ADDR"
-		assert_success
-		stop_server
+		serve_330
 		report=$(prefork_report "$SRV_LOG")
 		echo "# --accept-lock $mode: $(grep 'child [0-9]*:' "$SRV_LOG" | sed 's/.*: child/child/' | tr '\n' ' ')" >&3
 		[[ $report == "3 330" ]] ||
@@ -347,6 +360,78 @@ crash_loop() { # PID
 		assert_success
 		stop_server
 	done
+}
+
+# ---- echo-epoll -w: the three listener shapes --------------------------------------
+
+# The stop report of echo-epoll -w: "worker N: K accepts, ..." per worker.
+epoll_report() { # LOG
+	report_sum "$1" ': worker [0-9]+: ([0-9]+) accepts, [0-9]+ listener wake-ups, [0-9]+ empty$'
+}
+
+@test "epoll -w 2: each listener shape serves, and the stop report counts every connection per worker" {
+	local opt name
+	for opt in "" --shared-listener --shared-listener=herd; do
+		case $opt in
+		"") name=reuseport ;;
+		--shared-listener) name=exclusive ;;
+		*) name=herd ;;
+		esac
+		# shellcheck disable=SC2086
+		use echo-epoll -w 2 $opt
+		serve_330
+		echo "# $name: $(grep -E 'worker [0-9]+:|listener [a-z]+:' "$SRV_LOG" | sed 's/^[^ ]* //' | tr '\n' ' ')" >&3
+		[[ $(epoll_report "$SRV_LOG") == "2 330" ]] ||
+			fail "$name: want 2 workers and 330 accepts, got '$(epoll_report "$SRV_LOG")'; log: $(cat "$SRV_LOG")"
+		grep -qE ": listener $name: 330 accepts in [1-9][0-9]* wake-ups \([0-9.]+ per wake-up\), [0-9]+ empty$" "$SRV_LOG" ||
+			fail "$name: no total line: $(tail -n 3 "$SRV_LOG")"
+		# A listener of its own is never emptied by another worker.
+		if [[ $name == reuseport ]] && ! grep -q ': listener reuseport: .*, 0 empty$' "$SRV_LOG"; then
+			fail "reuseport: a wake-up found nothing: $(tail -n 3 "$SRV_LOG")"
+		fi
+	done
+	use echo-epoll -w 2 -q --shared-listener
+	start_server
+	stop_server
+	if grep -vE "$READY_RE" "$SRV_LOG" | grep -q .; then
+		fail "-q: the stop report was written: $(cat "$SRV_LOG")"
+	fi
+}
+
+@test "epoll --shared-listener: a bad mode exits 64 with a one-line reason; one process takes it as a no-op" {
+	run --separate-stderr without_fd3 timeout -k 2 5 "$top_builddir/src/echo-epoll" -p 0 -w 2 --shared-listener=bogus
+	assert_equal "$status" 64
+	[[ ${stderr_lines[0]} == "echo-epoll: --shared-listener: 'bogus' is not exclusive or herd" ]] ||
+		fail "first line: ${stderr_lines[0]}"
+	run --separate-stderr without_fd3 timeout -k 2 5 "$top_builddir/src/echo-epoll" -p 0 --shared-listener herd
+	assert_equal "$status" 64
+	[[ ${stderr_lines[0]} == *"unexpected argument 'herd'"* ]] || fail "first line: ${stderr_lines[0]}"
+	use echo-epoll --shared-listener=herd
+	start_server
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server
+}
+
+@test "epoll -w 2 on a unix socket: one shared listener, kept by a worker's exit, removed once by the parent" {
+	local path=$BATS_TEST_TMPDIR/e.sock w
+	use echo-epoll -w 2 -v -l "unix:$path"
+	start_server
+	grep -q ': listener: exclusive$' "$SRV_LOG" ||
+		fail "a unix socket cannot be SO_REUSEPORT: want one exclusive listener; log: $(cat "$SRV_LOG")"
+	run iotest churn -n 50 "$SRV_ADDR"
+	assert_success
+	# A worker's graceful stop (_exit, no atexit) must not unlink the file.
+	w=$(children_of "$SRV_PID" | head -n 1)
+	[[ -n $w ]] || fail "no worker: $(group_ps "$SRV_PID")"
+	kill -TERM "$w"
+	wait_until 5 proc_dead "$w" || fail "worker $w did not stop"
+	[[ -S $path ]] || fail "the socket file went with worker $w"
+	run iotest echo "$SRV_ADDR"
+	assert_success
+	stop_server
+	[[ ! -e $path ]] || fail "the socket file outlived the server"
+	grep -q 'listener exclusive: [0-9]* accepts' "$SRV_LOG" || fail "no stop report: $(tail -n 3 "$SRV_LOG")"
 }
 
 # ---- echo-nonblock ------------------------------------------------------------------
