@@ -16,21 +16,12 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "conn.h"
 
 #define READS_PER_EVENT		16	/* then let the other connections run */
 #define ACCEPTS_PER_EVENT	64
-#define MIN_CHUNK		4096
-
-/* Output not yet accepted by the kernel. */
-struct conn_chunk {
-	struct conn_chunk *next;
-	size_t		 off, len, cap;
-	uint8_t		 data[];
-};
 
 static void conn_doom(struct conn_loop *, struct conn *);
 
@@ -81,7 +72,7 @@ conn_interest(const struct conn *c)
 	if (!(c->flags & (CONN_EOF | CONN_PAUSED | CONN_PACED | CONN_CLOSE)) ||
 	    (c->flags & CONN_LINGER))
 		want |= CONN_WANT_READ;
-	if (c->pending > 0)
+	if (c->out.pending > 0)
 		want |= CONN_WANT_WRITE;
 	return want;
 }
@@ -126,19 +117,6 @@ conn_again(struct conn_loop *lp, struct conn *c)
 	lp->again = c;
 }
 
-static void
-free_chunks(struct conn *c)
-{
-	struct conn_chunk *k, *next;
-
-	for (k = c->head; k; k = next) {
-		next = k->next;
-		free(k);
-	}
-	c->head = c->tail = NULL;
-	c->pending = 0;
-}
-
 /*
  * Pacing (SRV_STALL_MS in server.h): while a recipient is congested, the
  * connections whose input would be broadcast are not read (paced), as a
@@ -148,7 +126,7 @@ static void
 congest(struct conn_loop *lp, struct conn *c)
 {
 	if ((c->flags & (CONN_CONGEST | CONN_STALLED | CONN_DEAD)) ||
-	    c->pending < lp->srv->highwater)
+	    c->out.pending < lp->srv->highwater)
 		return;
 	c->flags |= CONN_CONGEST;
 	c->prog = srv_now_ms();
@@ -167,7 +145,7 @@ decongest(struct conn_loop *lp, struct conn *c, int stalled)
 		c->flags |= CONN_STALLED;
 		srv_debug(lp->srv, "%s: no progress for %d ms with %zu bytes "
 		    "queued: no longer pacing the others",
-		    c->peer ? c->peer : "client", SRV_STALL_MS, c->pending);
+		    c->peer ? c->peer : "client", SRV_STALL_MS, c->out.pending);
 	}
 	if (--lp->ncongest > 0)
 		return;
@@ -190,7 +168,7 @@ conn_close(struct conn_loop *lp, struct conn *c)
 		lp->ops->remove(lp, c);
 	close(c->fd);
 	c->flags |= CONN_DEAD;
-	free_chunks(c);
+	outq_clear(&c->out);
 	list_remove((c->flags & CONN_LINGER) ? &lp->linger : &lp->live, c);
 	/* Freed after the batch: the model's events may still name it. */
 	c->dead_next = lp->dead;
@@ -291,110 +269,22 @@ after_flush(struct conn_loop *lp, struct conn *c)
 		resume(lp, c);
 }
 
-/* writev() the queue; 0 when it all went or would block, -errno on error. */
-static int
-flush_out(struct conn *c)
-{
-	struct iovec iov[16];
-	struct conn_chunk *k;
-	ssize_t n;
-	int i;
-
-	while (c->head) {
-		for (i = 0, k = c->head; k && i < 16; k = k->next, i++) {
-			iov[i].iov_base = k->data + k->off;
-			iov[i].iov_len = k->len - k->off;
-		}
-		n = writev(c->fd, iov, i);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return errno == EAGAIN ? 0 : -errno;
-		}
-		c->pending -= (size_t)n;
-		while (n > 0) {
-			k = c->head;
-			if ((size_t)n < k->len - k->off) {
-				k->off += (size_t)n;
-				return 0;	/* short write: the socket is full */
-			}
-			n -= (ssize_t)(k->len - k->off);
-			c->head = k->next;
-			if (c->head == NULL)
-				c->tail = NULL;
-			free(k);
-		}
-	}
-	return 0;
-}
-
-static int
-enqueue(struct conn *c, const uint8_t *buf, size_t len)
-{
-	struct conn_chunk *k = c->tail;
-	size_t room = k ? k->cap - k->len : 0, cap;
-
-	if (room > 0) {
-		room = room < len ? room : len;
-		memcpy(k->data + k->len, buf, room);
-		k->len += room;
-		buf += room;
-		len -= room;
-		c->pending += room;
-	}
-	if (len == 0)
-		return 0;
-	cap = len < MIN_CHUNK ? MIN_CHUNK : len;
-	k = malloc(sizeof(*k) + cap);
-	if (k == NULL)
-		return -ENOMEM;
-	k->next = NULL;
-	k->off = 0;
-	k->len = len;
-	k->cap = cap;
-	memcpy(k->data, buf, len);
-	if (c->tail)
-		c->tail->next = k;
-	else
-		c->head = k;
-	c->tail = k;
-	c->pending += len;
-	return 0;
-}
-
-/*
- * Send to one connection: straight to the socket when nothing is queued
- * (the common case: one write per message, no copy), queue the rest.
- */
+/* Send to one connection: straight to the socket, or queued (outq.h). */
 static int
 conn_send(struct conn_loop *lp, struct conn *c, const uint8_t *buf, size_t len)
 {
-	ssize_t n = 0;
+	int r;
 
 	if (c->flags & (CONN_DEAD | CONN_DOOMED | CONN_LINGER))
 		return -EPIPE;
-	if (c->pending == 0) {
-		do
-			n = write(c->fd, buf, len);
-		while (n < 0 && errno == EINTR);
-		if (n < 0) {
-			if (errno != EAGAIN) {
-				if (!net_is_reset(errno))
-					srv_debug(lp->srv, "write: %s", strerror(errno));
-				conn_doom(lp, c);
-				return -EPIPE;
-			}
-			n = 0;
-		}
-		if ((size_t)n == len)
-			return 0;
-	}
-	if (enqueue(c, buf + n, len - (size_t)n) < 0) {
+	if ((r = outq_send(&c->out, c->fd, buf, len)) == 0)
+		return 0;
+	if (r == -ENOMEM)
 		srv_warn(lp->srv, "out of memory queueing output: closing");
-		conn_doom(lp, c);
-		return -ENOMEM;
-	}
-	return 0;
+	else if (!net_is_reset(-r))
+		srv_debug(lp->srv, "write: %s", strerror(-r));
+	conn_doom(lp, c);
+	return r == -ENOMEM ? r : -EPIPE;
 }
 
 static int
@@ -417,8 +307,8 @@ sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 	for (c = lp->live.head; c; c = c->next) {
 		if (c == self || (c->flags & (CONN_DOOMED | CONN_CLOSE | CONN_EOF)))
 			continue;
-		if (srv_too_pending(lp->srv, c->pending, len)) {
-			srv_log_not_reading(lp->srv, c->peer, c->pending);
+		if (srv_too_pending(lp->srv, c->out.pending, len)) {
+			srv_log_not_reading(lp->srv, c->peer, c->out.pending);
 			conn_doom(lp, c);
 			continue;
 		}
@@ -472,7 +362,7 @@ readable(struct conn_loop *lp, struct conn *c, int drain)
 			c->flags |= CONN_CLOSE;
 			break;
 		}
-		if (c->pending >= s->highwater) {
+		if (c->out.pending >= s->highwater) {
 			/* Backpressure: TCP's window pushes back on the peer. */
 			c->flags |= CONN_PAUSED;
 			break;
@@ -497,7 +387,7 @@ readable(struct conn_loop *lp, struct conn *c, int drain)
 		conn_close(lp, c);
 		return;
 	}
-	if (c->pending == 0 && (c->flags & (CONN_EOF | CONN_CLOSE)))
+	if (c->out.pending == 0 && (c->flags & (CONN_EOF | CONN_CLOSE)))
 		after_flush(lp, c);
 	else
 		update(lp, c);
@@ -521,11 +411,11 @@ conn_writable(struct conn_loop *lp, struct conn *c)
 	size_t pending;
 	int r;
 
-	if (c->flags & (CONN_DEAD | CONN_DOOMED) || c->pending == 0)
+	if (c->flags & (CONN_DEAD | CONN_DOOMED) || c->out.pending == 0)
 		return;
-	pending = c->pending;
-	r = flush_out(c);
-	if (c->pending != pending) {
+	pending = c->out.pending;
+	r = outq_write(&c->out, c->fd);
+	if (c->out.pending != pending) {
 		lp->progress++;
 		c->prog = srv_now_ms();
 		if (c->flags & CONN_STALLED) {
@@ -533,7 +423,7 @@ conn_writable(struct conn_loop *lp, struct conn *c)
 			c->flags &= ~CONN_STALLED;
 			congest(lp, c);
 		}
-		if (c->pending <= lp->srv->highwater / 2)
+		if (c->out.pending <= lp->srv->highwater / 2)
 			decongest(lp, c, 0);
 	}
 	if (r < 0) {
@@ -547,9 +437,10 @@ conn_writable(struct conn_loop *lp, struct conn *c)
 	 * Resume reading only once the queue is well below the mark, so a
 	 * flood does not flip read interest on and off at every write.
 	 */
-	if (c->pending == 0)
+	if (c->out.pending == 0)
 		after_flush(lp, c);
-	else if ((c->flags & CONN_PAUSED) && c->pending <= lp->srv->highwater / 2)
+	else if ((c->flags & CONN_PAUSED) &&
+	    c->out.pending <= lp->srv->highwater / 2)
 		resume(lp, c);
 	else
 		update(lp, c);
@@ -772,7 +663,7 @@ conn_begin_stop(struct conn_loop *lp)
 	lp->lfd = -1;
 	for (c = lp->live.head; c; c = next) {
 		next = c->next;
-		if (c->pending == 0)
+		if (c->out.pending == 0)
 			conn_close(lp, c);
 		else {
 			c->flags |= CONN_EOF;	/* close once flushed */

@@ -14,10 +14,10 @@
 #include <stdint.h>
 
 #include "net.h"
+#include "outq.h"
 #include "server.h"
 #include "service.h"
 
-struct conn_chunk;
 struct conn_loop;
 
 /* Connection flags. */
@@ -37,8 +37,7 @@ struct conn {
 	unsigned	 flags;
 	int		 slot;		/* the model's index (pollfd array, ...) */
 	unsigned	 watched;	/* the model's: what its kernel set holds */
-	size_t		 pending;	/* bytes queued for output */
-	struct conn_chunk *head, *tail;
+	struct outq	 out;		/* output the kernel did not take */
 	int64_t		 last;		/* last activity, for -t and linger */
 	int64_t		 prog;		/* congested: the last write progress */
 	struct conn	*prev, *next;	/* live (LRU) or linger list */

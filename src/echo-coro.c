@@ -55,11 +55,11 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
-#include <sys/uio.h>
 #include <ucontext.h>
 #include <unistd.h>
 
 #include "net.h"
+#include "outq.h"
 #include "server.h"
 #include "service.h"
 
@@ -100,12 +100,6 @@ struct ctx {
 	size_t		 size;
 };
 
-struct chunk {
-	struct chunk	*next;
-	size_t		 off, len;
-	uint8_t		 data[];
-};
-
 struct coro {
 	struct ctx	 ctx;
 	void		*map;		/* the mapping: guard page + stack */
@@ -117,8 +111,7 @@ struct coro {
 	unsigned	 dropped : 1;	/* chat: not reading, disconnected */
 	unsigned	 opened : 1;	/* in the room: svc_open ran */
 	unsigned	 closing : 1;	/* out of the room (svc_close ran) */
-	struct chunk	*head, *tail;	/* output not yet written */
-	size_t		 pending;
+	struct outq	 out;		/* output not yet written */
 	int64_t		 last;		/* last activity, for -t */
 	struct coro	*prev, *next;	/* every connection, least recent first */
 	struct coro	*run_next;
@@ -221,7 +214,7 @@ out:
 	svc_close(s->svc, &s->svc_cfg, c->state, &c->sink);
 	if (c->dropped)
 		srv_log(s, "%s: %zu bytes of output pending, not reading: "
-		    "disconnected", c->peer, c->pending);
+		    "disconnected", c->peer, c->out.pending);
 }
 
 /* Every coroutine starts here, on its own stack, and never returns. */
@@ -358,54 +351,19 @@ sched_wake(struct coro *c, int err)
 
 /* ---- output: write what the socket takes, queue the rest ------------------ */
 
-static int
-queue(struct coro *c, const uint8_t *p, size_t len)
-{
-	struct chunk *k;
-
-	if (len == 0)
-		return 0;
-	if ((k = malloc(sizeof(*k) + len)) == NULL)
-		return -ENOMEM;
-	k->next = NULL;
-	k->off = 0;
-	k->len = len;
-	memcpy(k->data, p, len);
-	if (c->tail)
-		c->tail->next = k;
-	else
-		c->head = k;
-	c->tail = k;
-	c->pending += len;
-	return 0;
-}
-
 /*
- * The service's reply: written at once when nothing is queued before it
- * (the common case: one write, no copy), else queued.  Never parks (the
- * service may be reading the shared buffer); serve() flushes after it.
+ * The service's reply: written at once when nothing is queued before it,
+ * else queued (outq_send).  Never parks (the service may be reading the
+ * shared buffer); serve() flushes after it.  A write error is left for
+ * the next read or write to say.
  */
 static int
 sink_reply(struct svc_sink *sink, const void *buf, size_t len)
 {
 	struct coro *c = sink->conn;
-	const uint8_t *p = buf;
-	ssize_t w;
+	int r = outq_send(&c->out, c->fd, buf, len);
 
-	while (c->head == NULL && len > 0) {
-		w = write(c->fd, p, len);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN)
-				break;
-			return 0;	/* the next read or write says it */
-		}
-		p += w;
-		len -= (size_t)w;
-		lru_touch(c);
-	}
-	return len > 0 ? queue(c, p, len) : 0;
+	return r == -ENOMEM ? r : 0;
 }
 
 /*
@@ -421,12 +379,12 @@ sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 	for (c = S.lru_head; c; c = c->next) {
 		if (c == self || !c->opened || c->closing || c->dropped)
 			continue;
-		if (c->pending + len > cap) {
+		if (c->out.pending + len > cap) {
 			c->dropped = 1;
 			sched_wake(c, -ECONNRESET);
 			continue;
 		}
-		if (queue(c, buf, len) < 0)
+		if (outq_push(&c->out, buf, len) < 0)
 			return -ENOMEM;
 		if (c->wait == EPOLLIN)
 			sched_wake(c, 0);	/* it flushes, then reads again */
@@ -438,43 +396,19 @@ sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 static int
 co_flush(struct coro *c)
 {
-	struct iovec iov[16];
-	struct chunk *k;
-	ssize_t w;
-	size_t left;
-	int n, r;
+	size_t before;
+	int r;
 
-	while (c->head != NULL) {
+	while (c->out.pending > 0) {
 		if (c->dropped)
 			return -ECONNRESET;
-		for (n = 0, k = c->head; k && n < 16; k = k->next, n++) {
-			iov[n].iov_base = k->data + k->off;
-			iov[n].iov_len = k->len - k->off;
-		}
-		w = writev(c->fd, iov, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno != EAGAIN)
-				return -errno;
-			if ((r = co_park(c, EPOLLOUT)) < 0)
-				return r;
-			continue;
-		}
-		lru_touch(c);
-		c->pending -= (size_t)w;
-		for (left = (size_t)w; left > 0;) {
-			k = c->head;
-			if (k->len - k->off > left) {
-				k->off += left;
-				break;
-			}
-			left -= k->len - k->off;
-			c->head = k->next;
-			if (c->head == NULL)
-				c->tail = NULL;
-			free(k);
-		}
+		before = c->out.pending;
+		if ((r = outq_write(&c->out, c->fd)) < 0)
+			return r;
+		if (c->out.pending != before)
+			lru_touch(c);
+		if (c->out.pending > 0 && (r = co_park(c, EPOLLOUT)) < 0)
+			return r;
 	}
 	return 0;
 }
@@ -702,14 +636,9 @@ fail:
 static void
 coro_free(struct coro *c)
 {
-	struct chunk *k;
-
 	srv_debug(S.srv, "close %s", c->peer);
 	close(c->fd);		/* leaves the epoll set too */
-	while ((k = c->head) != NULL) {
-		c->head = k->next;
-		free(k);
-	}
+	outq_clear(&c->out);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
