@@ -30,9 +30,11 @@
  *     itself (backpressure), bounded by one read's worth of output;
  *   - chat: one thread holds every connection, so a broadcast queues a
  *     copy to each other connection and wakes its coroutine if it is
- *     parked in read; a sender never writes to, nor waits for, another
- *     client's socket, so a slow client stalls nobody, and one whose queue
- *     passes --max-pending is dropped (the other models' policy);
+ *     parked in read; a sender never writes to another client's socket.
+ *     A recipient over --highwater that reads paces the senders (they
+ *     park before their next read until it drains: congest()); one that
+ *     makes no progress for SRV_STALL_MS does not read, and is dropped
+ *     at --max-pending (the other models' policy);
  *   - epoll is edge-triggered (one epoll_ctl per connection, none per
  *     park): a coroutine parks only after its read or write said EAGAIN,
  *     and no readiness edge can fall between that call and the park,
@@ -91,6 +93,8 @@
  */
 #define STACK_MIN	(64 * 1024)
 #define OPT_SWITCH	257
+/* What a paced coroutine parks on: no epoll event, only a wake-up. */
+#define WAIT_PACED	(1u << 20)
 
 /* A coroutine's saved context: a stack pointer, or a ucontext. */
 struct ctx {
@@ -111,8 +115,11 @@ struct coro {
 	unsigned	 dropped : 1;	/* chat: not reading, disconnected */
 	unsigned	 opened : 1;	/* in the room: svc_open ran */
 	unsigned	 closing : 1;	/* out of the room (svc_close ran) */
+	unsigned	 congested : 1;	/* chat: over --highwater, pacing */
+	unsigned	 stalled : 1;	/* congested, no progress for a while */
 	struct outq	 out;		/* output not yet written */
 	int64_t		 last;		/* last activity, for -t */
+	int64_t		 prog;		/* congested: last write progress */
 	struct coro	*prev, *next;	/* every connection, least recent first */
 	struct coro	*run_next;
 	struct svc_sink	 sink;
@@ -140,6 +147,7 @@ static struct sched {
 	struct coro	*run_head, *run_tail;
 	struct coro	*lru_head, *lru_tail;
 	int		 nconns;
+	int		 ncongest;	/* recipients pacing the senders */
 	int		 ep, lfd, sfd, reserve;
 	int		 accepting;	/* lfd is in the epoll set */
 	int		 stopping;
@@ -160,6 +168,7 @@ static int	sink_reply(struct svc_sink *, const void *, size_t);
 static int	sink_broadcast(struct svc_sink *, const void *, size_t);
 static void	sched_wake(struct coro *, int err);
 static void	lru_touch(struct coro *);
+static void	decongest(struct coro *, int stalled);
 static void	switch_to(struct ctx *from, struct ctx *to, int dying);
 
 /* ---- the serve loop, run by each coroutine --------------------------------- */
@@ -184,6 +193,12 @@ serve(struct coro *c)
 	for (;;) {
 		if (co_flush(c) < 0)
 			goto out;
+		if (S.ncongest > 0 && (s->svc->flags & SVC_NEEDS_BROADCAST)) {
+			/* Paced (see congest()); woken to flush, it comes back. */
+			if (co_park(c, WAIT_PACED) < 0)
+				goto out;
+			continue;
+		}
 		n = read(c->fd, S.rbuf, s->bufsize);
 		if (n > 0) {
 			lru_touch(c);
@@ -211,6 +226,7 @@ serve(struct coro *c)
 	}
 out:
 	c->closing = 1;
+	decongest(c, 0);
 	svc_close(s->svc, &s->svc_cfg, c->state, &c->sink);
 	if (c->dropped)
 		srv_log(s, "%s: %zu bytes of output pending, not reading: "
@@ -311,7 +327,7 @@ run(void)
 static int
 co_park(struct coro *c, uint32_t events)
 {
-	if (S.stopping && events == EPOLLIN)
+	if (S.stopping && (events == EPOLLIN || events == WAIT_PACED))
 		return -ESHUTDOWN;	/* idle at stop: end now */
 	c->wait = events;
 	c->wake_err = 0;
@@ -367,6 +383,46 @@ sink_reply(struct svc_sink *sink, const void *buf, size_t len)
 }
 
 /*
+ * Pacing (SRV_STALL_MS in server.h): while a recipient is congested, a
+ * coroutine whose input would be broadcast parks before its next read
+ * (WAIT_PACED), until the recipient drains to half the mark, leaves, or
+ * counts as stalled.  It parks between reads, never in the broadcast
+ * itself (the service holds the shared buffer then), so a recipient's
+ * queue passes the mark by at most one read's worth per sender.
+ */
+static void
+congest(struct coro *c)
+{
+	if (c->congested || c->stalled ||
+	    c->out.pending < S.srv->highwater)
+		return;
+	c->congested = 1;
+	c->prog = srv_now_ms();
+	S.ncongest++;
+}
+
+static void
+decongest(struct coro *c, int stalled)
+{
+	struct coro *p;
+
+	if (!c->congested)
+		return;
+	c->congested = 0;
+	if (stalled) {
+		c->stalled = 1;
+		srv_debug(S.srv, "%s: no progress for %d ms with %zu bytes "
+		    "queued: no longer pacing the others", c->peer,
+		    SRV_STALL_MS, c->out.pending);
+	}
+	if (--S.ncongest > 0)
+		return;
+	for (p = S.lru_head; p; p = p->next)
+		if (p->wait == WAIT_PACED)
+			sched_wake(p, 0);
+}
+
+/*
  * Chat: a copy to every other connection of the room, never a write to
  * another client's socket from here (it may be slow), never a wait.
  */
@@ -386,7 +442,8 @@ sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 		}
 		if (outq_push(&c->out, buf, len) < 0)
 			return -ENOMEM;
-		if (c->wait == EPOLLIN)
+		congest(c);
+		if (c->wait == EPOLLIN || c->wait == WAIT_PACED)
 			sched_wake(c, 0);	/* it flushes, then reads again */
 	}
 	return 0;
@@ -405,8 +462,17 @@ co_flush(struct coro *c)
 		before = c->out.pending;
 		if ((r = outq_write(&c->out, c->fd)) < 0)
 			return r;
-		if (c->out.pending != before)
+		if (c->out.pending != before) {
 			lru_touch(c);
+			c->prog = c->last;
+			if (c->stalled) {
+				/* It reads again: it paces the others again. */
+				c->stalled = 0;
+				congest(c);
+			}
+			if (c->out.pending <= S.srv->highwater / 2)
+				decongest(c, 0);
+		}
 		if (c->out.pending > 0 && (r = co_park(c, EPOLLOUT)) < 0)
 			return r;
 	}
@@ -726,7 +792,7 @@ sched_stop(void)
 	S.lfd = -1;
 	/* Idle ones end now; the ones writing get the grace period. */
 	for (c = S.lru_head; c; c = c->next)
-		if (c->wait == EPOLLIN)
+		if (c->wait == EPOLLIN || c->wait == WAIT_PACED)
 			sched_wake(c, -ESHUTDOWN);
 }
 
@@ -735,6 +801,7 @@ static int
 sched_timeout(void)
 {
 	int64_t now, next = -1;
+	struct coro *c;
 
 	if (S.run_head)
 		return 0;
@@ -746,6 +813,9 @@ sched_timeout(void)
 		if (next < 0 || t < next)
 			next = t;
 	}
+	for (c = S.ncongest > 0 ? S.lru_head : NULL; c; c = c->next)
+		if (c->congested && (next < 0 || c->prog + SRV_STALL_MS < next))
+			next = c->prog + SRV_STALL_MS;
 	if (next < 0)
 		return -1;
 	now = srv_now_ms();
@@ -761,6 +831,9 @@ sched_expire(void)
 	if (S.stopping && now >= S.stop_deadline)
 		for (c = S.lru_head; c; c = c->next)
 			sched_wake(c, -ETIMEDOUT);
+	for (c = S.ncongest > 0 ? S.lru_head : NULL; c; c = c->next)
+		if (c->congested && now - c->prog >= SRV_STALL_MS)
+			decongest(c, 1);
 	if (S.srv->idle_timeout == 0)
 		return;
 	/* Least recently active first: stop at the first one still fresh. */
