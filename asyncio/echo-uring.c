@@ -106,7 +106,12 @@
  *     past -m, connections are parked, not refused (uc_new).
  *
  * -w N runs N threads, each with its own ring, buffer ring and
- * SO_REUSEPORT listener: nothing is shared between them.
+ * SO_REUSEPORT listener.  Nothing is shared between them but the stop
+ * and, for a service that broadcasts (chat), one room: a line goes to the
+ * other rings through a mailbox each, whose doorbell is an
+ * IORING_OP_MSG_RING completion on the target ring (5.18; uring-room.c:
+ * uroom_post, uroom_on_mail, and why the line is not passed in the
+ * completion itself).
  */
 #include "config.h"
 
@@ -141,7 +146,6 @@ static void	arm_send(struct worker *w, struct uconn *c,
 static void	uw_sync_accept(struct worker *w);
 static void	uw_begin_stop(struct worker *w);
 static int	uw_done(const struct worker *w);
-static struct io_uring_sqe *uw_sqe(struct worker *w);
 
 /* ---- the loop ------------------------------------------------------------ */
 
@@ -280,6 +284,12 @@ on_cqe(struct worker *w, const struct io_uring_cqe *cqe)
 
 	if (ud == LIBURING_UDATA_TIMEOUT)
 		return;		/* liburing's own, without EXT_ARG */
+	if ((ud & 7) == UD_BELL && p != NULL) {
+		/* A doorbell of ours failed: its mailbox is another's. */
+		uroom_bell_failed(w, (struct worker *)(void *)((char *)p -
+		    offsetof(struct worker, mb)));
+		return;
+	}
 	switch ((int)(ud & 7)) {
 	case UD_ACCEPT:
 		on_accept(w, cqe);
@@ -300,8 +310,11 @@ on_cqe(struct worker *w, const struct io_uring_cqe *cqe)
 	case UD_CLOSE:
 		uc_destroy(w, c);
 		break;
-	case UD_WAKE:
-		on_wake(w);
+	case UD_WAKE:		/* or UD_MAIL */
+		if (p == &w->mb)
+			uroom_on_mail(w);
+		else
+			on_wake(w);
 		break;
 	case UD_LPOLL:
 		on_lpoll(w, cqe);
@@ -605,8 +618,14 @@ uw_flush(struct worker *w)
 	struct uconn *c;
 	unsigned n;
 
-	/* No recipient congested any more: the paced take input again. */
-	while (w->ncongest == 0 && (c = TAILQ_FIRST(&w->paced)) != NULL) {
+	if (w->rering)
+		uroom_rering(w);
+	/*
+	 * No recipient congested any more (on any ring, with the room across
+	 * rings): the paced take input again.
+	 */
+	while (uroom_congested(w) == 0 &&
+	    (c = TAILQ_FIRST(&w->paced)) != NULL) {
 		uc_unpace(w, c);
 		uc_feed(w, c);
 		uc_run_doomed(w);
@@ -938,7 +957,7 @@ uw_done(const struct worker *w)
  * A NULL after that means the kernel refused the batch (no memory):
  * the caller leaves its work for the next round.
  */
-static struct io_uring_sqe *
+struct io_uring_sqe *
 uw_sqe(struct worker *w)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
@@ -957,7 +976,7 @@ uw_sqe(struct worker *w)
 const struct srv_model uring_model = {
 	.name = "echo-uring",
 	.summary = "Echo server: the completion model with io_uring(7), one ring per worker thread.",
-	.caps = SRV_CAP_WORKERS | SRV_CAP_BROADCAST,
+	.caps = SRV_CAP_WORKERS | SRV_CAP_BROADCAST | SRV_CAP_ROOM,
 	.default_workers = 1,
 	.workers_help = "worker threads, each with its own ring and SO_REUSEPORT listener (default 1)",
 	.unavailable = "address or io_uring unavailable",

@@ -400,6 +400,7 @@ uc_congest(struct worker *w, struct uconn *c)
 	c->prog_ms = w->now;
 	TAILQ_INSERT_TAIL(&w->congested, c, cong);
 	w->ncongest++;
+	uroom_congest(w, 1);
 }
 
 void
@@ -410,6 +411,7 @@ uc_decongest(struct worker *w, struct uconn *c, int stalled)
 	c->flags &= ~C_CONGEST;
 	TAILQ_REMOVE(&w->congested, c, cong);
 	w->ncongest--;
+	uroom_congest(w, -1);
 	if (stalled) {
 		c->flags |= C_STALLED;
 		w->st.stalls++;
@@ -422,7 +424,7 @@ uc_decongest(struct worker *w, struct uconn *c, int stalled)
 static void
 uc_check_pace(struct worker *w, struct uconn *c)
 {
-	if (w->ncongest == 0 || (c->flags & (C_PACED | C_CLOSING)) ||
+	if (uroom_congested(w) == 0 || (c->flags & (C_PACED | C_CLOSING)) ||
 	    !(w->s->svc->flags & SVC_NEEDS_BROADCAST))
 		return;
 	c->flags |= C_PACED;
@@ -469,15 +471,15 @@ uc_sink_reply(struct svc_sink *sink, const void *buf, size_t len)
 }
 
 /*
- * Broadcast to the other connections of this ring (a service that needs
- * it runs with one worker: see srv_init).  A recipient that let more than
- * max_pending pile up is not reading: it is dropped.
+ * A broadcast: to every other connection of this ring, and with -w above
+ * 1 to the other rings (uroom_post), whose workers deliver it likewise.
+ * A recipient that let more than max_pending pile up is not reading: it
+ * is dropped.
  */
-static int
-uc_sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
+void
+uc_deliver(struct worker *w, struct uconn *self, const void *buf, size_t len)
 {
-	struct uconn *self = sink->conn, *c;
-	struct worker *w = sink->ctx;
+	struct uconn *c;
 
 	TAILQ_FOREACH(c, &w->live, lru) {
 		if (c == self || (c->flags & (C_DOOMED | C_CLOSE | C_EOF)))
@@ -495,6 +497,16 @@ uc_sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
 		uc_check_highwater(w, c);
 		uc_congest(w, c);
 	}
+}
+
+static int
+uc_sink_broadcast(struct svc_sink *sink, const void *buf, size_t len)
+{
+	struct worker *w = sink->ctx;
+
+	uc_deliver(w, sink->conn, buf, len);
+	if (w->sh->room)
+		uroom_post(w, buf, len);
 	return 0;
 }
 

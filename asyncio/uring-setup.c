@@ -25,7 +25,7 @@ enum {
 	OPT_NO_MULTISHOT = 3000, OPT_DIRECT, OPT_NO_DIRECT, OPT_NO_MS_ACCEPT, OPT_NO_MS_RECV, OPT_NO_BUFRING,
 	OPT_NO_INPLACE, OPT_NO_DEFER, OPT_SQPOLL, OPT_SQPOLL_IDLE, OPT_RING,
 	OPT_CQ, OPT_BUFFERS, OPT_MAX_HELD, OPT_BATCH,
-	OPT_COPY_BELOW,
+	OPT_COPY_BELOW, OPT_NO_MSG_RING,
 };
 
 const struct srv_option uring_opts[] = {
@@ -61,6 +61,8 @@ const struct srv_option uring_opts[] = {
 	  "ring buffers one connection may keep queued (default buffers/16)" },
 	{ "batch-usec", 1, OPT_BATCH, "USEC",
 	  "wait up to this long for a batch of completions (default 500, 0 = off)" },
+	{ "no-msg-ring", 0, OPT_NO_MSG_RING, NULL,
+	  "as if the kernel had no IORING_OP_MSG_RING: -w 2 -s chat is refused" },
 	{ NULL, 0, 0, NULL, NULL },
 };
 
@@ -78,6 +80,9 @@ uring_option(struct srv *s, int key, const char *arg)
 		break;
 	case OPT_NO_DIRECT:
 		cfg->direct = 0;
+		break;
+	case OPT_NO_MSG_RING:
+		cfg->no_msg_ring = 1;
 		break;
 	case OPT_NO_MS_ACCEPT:
 		cfg->ms_accept = 0;
@@ -394,6 +399,7 @@ uw_fini(struct worker *w)
 	struct useg *s;
 	struct uconn *c;
 
+	uroom_leave(w);
 	/* What is still open when we give up waiting (stop deadline). */
 	while ((c = TAILQ_FIRST(&w->live)) != NULL)
 		uc_close(w, c);
@@ -451,6 +457,9 @@ uw_print_rungs(const struct worker *w)
 	    w->ms_recv ? '+' : '-',
 	    w->bufring && w->cfg->send_inplace ? '+' : '-',
 	    w->defer ? '+' : '-', w->sqpoll ? '+' : '-');
+	if (w->sh->room)
+		srv_debug(s, "room: one for all %d rings, lines relayed through "
+		    "mailboxes rung by IORING_OP_MSG_RING", w->sh->n);
 	if (w->direct)
 		srv_debug(s, "files table: %u direct descriptors", w->nfiles);
 	else if (w->cfg->direct && w->s->svc->state_size > 0)
@@ -477,11 +486,13 @@ uw_print_stats(const struct worker *w)
 	    "%llu sq-full, %llu cq-overflow, %llu rearms, %llu copies, "
 	    "%llu evictions, %llu pauses, %llu paces, %llu stalls, "
 	    "%llu held, %llu parked, %llu emfile, "
-	    "%llu shed, %u buffers held, %llu buffer-errors", w->id,
+	    "%llu shed, %u buffers held, %llu buffer-errors, "
+	    "%llu posted, %llu mail, %llu bell-failures", w->id,
 	    t->enters, t->cqes, t->accepts, t->recvs, t->sends,
 	    t->short_sends, t->enobufs, t->sq_full, t->cq_overflow, t->rearms,
 	    t->copies, t->evictions, t->pauses, t->paces, t->stalls, t->held,
-	    t->parked, t->emfile, t->shed, w->nheld, t->bufbugs);
+	    t->parked, t->emfile, t->shed, w->nheld, t->bufbugs, t->posted,
+	    t->mail, t->bell_fails);
 }
 
 /* ---- threads, and main --------------------------------------------------- */
@@ -496,7 +507,14 @@ uw_thread(void *arg)
 	pthread_mutex_lock(&sh->mu);
 	w->init_rc = r;
 	sh->inited++;
-	pthread_cond_signal(&sh->cv);
+	if (r == 0) {
+		w->looping = 1;
+		sh->looping++;
+	}
+	pthread_cond_broadcast(&sh->cv);
+	/* Another ring may ring ours only once all are made. */
+	while (!sh->go)
+		pthread_cond_wait(&sh->cv, &sh->mu);
 	pthread_mutex_unlock(&sh->mu);
 	w->exit_code = r == 0 ? uw_run(w) : r;
 	if (w->s->verbose > 0 && r == 0)
@@ -526,6 +544,19 @@ main(int argc, char **argv)
 		srv_usage_error(&s, "--cq-entries must be at least --ring-entries");
 	if (cfg.bufring && (unsigned long long)cfg.nbufs * s.bufsize > (1ULL << 32))
 		srv_usage_error(&s, "--buffers x -B: more than 4 GiB of buffers");
+	memset(&sh, 0, sizeof(sh));
+	if (s.workers > 1 && (s.svc->flags & SVC_NEEDS_BROADCAST)) {
+		/*
+		 * One room across the rings needs IORING_OP_MSG_RING (5.18).
+		 * Without io_uring at all, the ring's set-up says so (69).
+		 */
+		if (cfg.no_msg_ring || uroom_probe() == 0)
+			srv_usage_error(&s, "-s %s with -w above 1: the workers' "
+			    "rings cannot broadcast to each other without "
+			    "IORING_OP_MSG_RING (Linux 5.18)%s", s.svc->name,
+			    cfg.no_msg_ring ? ", and --no-msg-ring is given" : "");
+		sh.room = 1;
+	}
 	srv_raise_nofile(&s);
 	lfd = srv_listen(&s, NET_NONBLOCK);
 	/* Block the stop signals before any thread exists: all inherit it. */
@@ -533,13 +564,13 @@ main(int argc, char **argv)
 		srv_warn(&s, "signalfd: %s", strerror(-sfd));
 		return SRV_EX_OSERR;
 	}
-	memset(&sh, 0, sizeof(sh));
 	sh.n = s.workers;
 	sh.w = calloc((size_t)s.workers, sizeof(*sh.w));
 	if (sh.w == NULL)
 		return SRV_EX_OSERR;
 	pthread_mutex_init(&sh.mu, NULL);
 	pthread_cond_init(&sh.cv, NULL);
+	uroom_init(&sh);
 	for (i = 0; i < s.workers; i++) {
 		sh.w[i].lfd = sh.w[i].wake_fd = sh.w[i].reserve = -1;
 		sh.w[i].id = i;
@@ -563,8 +594,10 @@ main(int argc, char **argv)
 	 * Each ring is made by the thread that uses it: a SINGLE_ISSUER
 	 * ring belongs to the task that created it.
 	 */
-	if (rc == SRV_EX_OK)
-		rc = uw_init(&sh.w[0]);
+	if (rc == SRV_EX_OK && (rc = uw_init(&sh.w[0])) == SRV_EX_OK) {
+		sh.w[0].looping = 1;
+		sh.looping++;
+	}
 	for (i = 1; i < s.workers && rc == SRV_EX_OK; i++) {
 		if (pthread_create(&sh.w[i].thread, NULL, uw_thread,
 		    &sh.w[i]) != 0) {
@@ -577,6 +610,8 @@ main(int argc, char **argv)
 	pthread_mutex_lock(&sh.mu);
 	while (sh.inited < nthreads)
 		pthread_cond_wait(&sh.cv, &sh.mu);
+	sh.go = 1;
+	pthread_cond_broadcast(&sh.cv);
 	pthread_mutex_unlock(&sh.mu);
 	for (i = 1; i <= nthreads; i++)
 		if (sh.w[i].init_rc != 0 && rc == SRV_EX_OK)
@@ -604,6 +639,7 @@ main(int argc, char **argv)
 		} else
 			uw_fini(&sh.w[i]);	/* never started */
 	}
+	uroom_fini(&sh);
 	close(sfd);
 	free(sh.w);
 	return rc;

@@ -11,11 +11,14 @@
  *			ubuf_)
  *	uring-setup.c	options, the ring ladder and its probes, the buffer
  *			ring, statistics, main()
+ *	uring-room.c	one chat room for every ring: mailboxes and
+ *			IORING_OP_MSG_RING doorbells (uroom_)
  */
 #ifndef IOMODELS_URING_H
 #define IOMODELS_URING_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
@@ -68,6 +71,9 @@
 #ifndef IORING_ASYNC_CANCEL_FD_FIXED
 #define IORING_ASYNC_CANCEL_FD_FIXED	(1U << 3)
 #endif
+#ifndef IOSQE_CQE_SKIP_SUCCESS
+#define IOSQE_CQE_SKIP_SUCCESS		(1U << 6)
+#endif
 #ifndef IORING_FEAT_EXT_ARG
 #define IORING_FEAT_EXT_ARG		(1U << 8)
 #endif
@@ -81,6 +87,7 @@
 
 struct ucfg {
 	int		 ms_accept, ms_recv, bufring, send_inplace, direct;
+	int		 no_msg_ring;
 	int		 defer, sqpoll, sqpoll_idle;
 	unsigned	 sq_entries, cq_entries, nbufs, max_held, copy_below;
 	int		 batch_us;
@@ -182,10 +189,21 @@ struct ustats {
 	unsigned long long enters, cqes, recvs, sends, short_sends, enobufs;
 	unsigned long long sq_full, cq_overflow, rearms, copies, evictions;
 	unsigned long long pauses, parked, shed, bufbugs, accepts, emfile;
-	unsigned long long paces, stalls, held;
+	unsigned long long paces, stalls, held, posted, mail, bell_fails;
 };
 
 struct shared;
+struct xmsg;
+
+/* A worker's mailbox: lines other workers broadcast (uring-room.c). */
+struct umbox {
+	pthread_mutex_t		 mu;
+	struct xmsg		*head, *tail;
+	size_t			 bytes;
+	int			 rung;		/* a doorbell is on its way */
+	int			 full;		/* over --highwater: counted
+						   in sh->congested */
+};
 
 struct worker {
 	struct srv		*s;
@@ -241,15 +259,26 @@ struct worker {
 	int64_t			 senders_ms;
 	struct ustats		 st;
 	int			 init_rc, exit_code;
+
+	struct umbox		 mb;		/* the room across rings */
+	int			 rering;	/* a doorbell failed: ring again */
+	int			 looping;	/* counted in sh->looping */
+	int			 left;		/* our loop is over */
 };
 
-/* What the workers share: only the way to stop each other. */
+/*
+ * What the workers share: the way to stop each other and, for a service
+ * that broadcasts with -w above 1, the room (uring-room.c).
+ */
 struct shared {
 	struct worker		*w;
 	int			 n;
 	pthread_mutex_t		 mu;
 	pthread_cond_t		 cv;
-	int			 inited;
+	int			 inited, go;
+	int			 room;		/* broadcasts cross the rings */
+	int			 looping;	/* workers still in their loop */
+	atomic_uint		 congested;	/* recipients pacing the room */
 };
 
 /*
@@ -259,6 +288,14 @@ struct shared {
  */
 enum { UD_IGNORE, UD_ACCEPT, UD_RECV, UD_SEND, UD_CANCEL, UD_CLOSE, UD_WAKE,
     UD_LPOLL };
+/*
+ * The room's two completions reuse the types, told apart by the object:
+ * UD_WAKE on our mailbox (not on the worker) is a doorbell another ring
+ * rang; UD_IGNORE on a mailbox is a doorbell we rang that failed (only
+ * failures complete: IOSQE_CQE_SKIP_SUCCESS).
+ */
+#define UD_MAIL		UD_WAKE
+#define UD_BELL		UD_IGNORE
 
 static inline uint64_t
 ud_make(void *p, int type)
@@ -302,13 +339,29 @@ void	uc_drained(struct worker *w, struct uconn *c);
 void	uc_input(struct worker *w, struct uconn *c, uint8_t *buf, size_t n,
 	    int bid);
 void	uc_feed(struct worker *w, struct uconn *c);
+void	uc_deliver(struct worker *w, struct uconn *self, const void *buf,
+	    size_t len);
 void	uw_expire(struct worker *w);
 int64_t	uw_next_deadline(const struct worker *w);
 
 /* ---- echo-uring.c: the loop ---------------------------------------------- */
 
 int	uw_run(struct worker *w);
+struct io_uring_sqe *uw_sqe(struct worker *w);
 void	uw_close_fd(struct worker *w, int fd, int fixed);
+
+/* ---- uring-room.c: the room across rings ----------------------------------- */
+
+int	uroom_probe(void);
+void	uroom_init(struct shared *sh);
+void	uroom_fini(struct shared *sh);
+unsigned uroom_congested(const struct worker *w);
+void	uroom_congest(struct worker *w, int delta);
+void	uroom_post(struct worker *w, const void *buf, size_t len);
+void	uroom_on_mail(struct worker *w);
+void	uroom_bell_failed(struct worker *w, struct worker *t);
+void	uroom_rering(struct worker *w);
+void	uroom_leave(struct worker *w);
 
 /* ---- uring-setup.c: set-up ----------------------------------------------- */
 

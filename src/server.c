@@ -380,7 +380,8 @@ srv_init(struct srv *s, const struct srv_model *m, int argc, char **argv,
 		srv_usage_error(s, "-l: not an address: '%s' (want 127.0.0.1, "
 		    "[::1], 0.0.0.0, HOST:PORT or unix:/path)", s->listen);
 	if ((s->svc->flags & SVC_NEEDS_BROADCAST) &&
-	    (!(m->caps & SRV_CAP_BROADCAST) || separate_workers(s)))
+	    (!(m->caps & SRV_CAP_BROADCAST) ||
+	    (separate_workers(s) && !(m->caps & SRV_CAP_ROOM))))
 		srv_usage_error(s, "-s %s: this model (or -w above 1) keeps "
 		    "clients in separate workers that cannot broadcast to each other",
 		    s->svc->name);

@@ -91,6 +91,12 @@ typedef int (*srv_option_fn)(struct srv *, int key, const char *arg);
  * broadcast still reaches everyone whatever -w says.
  */
 #define SRV_CAP_POOL		0x4
+/*
+ * -w sizes threads of one process that relay each broadcast to each
+ * other (echo-uring: IORING_OP_MSG_RING), so one room spans them; the
+ * model refuses -s chat -w 2 itself when it cannot relay.
+ */
+#define SRV_CAP_ROOM		0x8
 
 struct srv_model {
 	const char		*name;		/* "echo-epoll" */

@@ -9,7 +9,9 @@
 # lands.  A model serves chat when its source declares SRV_CAP_BROADCAST;
 # the others must refuse -s chat with exit 64, and so must a broadcasting
 # model run with -w 2, unless its workers are a pool of threads sharing
-# one room (SRV_CAP_POOL).  By hand, from the build directory:
+# one room (SRV_CAP_POOL) or relay broadcasts to each other (SRV_CAP_ROOM:
+# the chat checks run such a model twice, as NAME and as NAME+w2, with
+# -w 2).  By hand, from the build directory:
 #	tests/run-bats $top_srcdir/tests/services.bats
 
 bats_require_minimum_version 1.5.0
@@ -63,11 +65,12 @@ model_names() {
 	done
 }
 
-model_path() { # NAME: DIR/NAME, relative to the build and source trees
-	if [[ -f $top_srcdir/asyncio/$1.c ]]; then
-		echo "asyncio/$1"
+model_path() { # NAME[+w2]: DIR/NAME, relative to the build and source trees
+	local name=${1%%+*}
+	if [[ -f $top_srcdir/asyncio/$name.c ]]; then
+		echo "asyncio/$name"
 	else
-		echo "src/$1"
+		echo "src/$name"
 	fi
 }
 
@@ -76,8 +79,8 @@ has_cap() { # NAME CAP
 	grep -Eq "\\.caps[[:space:]]*=.*\\<$2\\>" "$top_srcdir/$(model_path "$1").c"
 }
 
-available() { # NAME
-	! grep -q "^$1: " "$BATS_FILE_TMPDIR/unavailable"
+available() { # NAME[+w2]
+	! grep -q "^${1%%+*}: " "$BATS_FILE_TMPDIR/unavailable"
 }
 
 # The models to run a check on: all available ones (rpc), or those that
@@ -99,6 +102,10 @@ chat_models() {
 		available "$m" && has_cap "$m" SRV_CAP_BROADCAST || continue
 		echo "$m"
 		n=$((n + 1))
+		# One room across its workers: the same checks with -w 2.
+		if has_cap "$m" SRV_CAP_ROOM; then
+			echo "$m+w2"
+		fi
 	done
 	((n > 0)) || { echo "no model declares SRV_CAP_BROADCAST" >&2; return 1; }
 }
@@ -106,8 +113,10 @@ chat_models() {
 # A pool model (SRV_CAP_POOL: -w threads sharing one room) serves at most
 # -w clients at a time and leaves the rest queued, unserved: the chat
 # checks, which hold 50 clients at once, give it a pool that fits them.
-chat_args() { # NAME
-	if has_cap "$1" SRV_CAP_POOL; then
+chat_args() { # NAME[+w2]
+	if [[ $1 == *+w2 ]]; then
+		echo "-w 2"
+	elif has_cap "$1" SRV_CAP_POOL; then
 		echo "-w 64"
 	fi
 }
@@ -449,7 +458,8 @@ $(grep 'disconnected' "$SRV_LOG")"
 		bin=$top_builddir/$(model_path "$m")
 		if ! has_cap "$m" SRV_CAP_BROADCAST; then
 			run --separate-stderr without_fd3 timeout -k 2 5 "$bin" -p 0 -s chat
-		elif has_cap "$m" SRV_CAP_WORKERS && ! has_cap "$m" SRV_CAP_POOL; then
+		elif has_cap "$m" SRV_CAP_WORKERS && ! has_cap "$m" SRV_CAP_POOL &&
+		    ! has_cap "$m" SRV_CAP_ROOM; then
 			run --separate-stderr without_fd3 timeout -k 2 5 "$bin" -p 0 -s chat -w 2
 		else
 			continue

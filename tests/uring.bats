@@ -229,6 +229,77 @@ assert_buffers_clean() {
 	stop_server
 }
 
+# worker_stat N NAME: counter NAME of worker N (see uring_stat).
+worker_stat() {
+	local line
+	line=$(grep -m1 -E ": worker $1: [0-9]+ enters" "$SRV_LOG") ||
+		fail "no statistics line for worker $1:
+$(cat "$SRV_LOG")"
+	[[ $line =~ (^|[ ,])([0-9]+)\ $2(,|$) ]] || fail "no counter '$2' in: $line"
+	echo "${BASH_REMATCH[2]}"
+}
+
+log_count() { # PATTERN N: the server log has N lines with PATTERN
+	(($(grep -c -- "$1" "$SRV_LOG") >= $2))
+}
+
+# With 50 clients, SO_REUSEPORT puts all on one ring once in 2^49 runs:
+# both rings hold talkers and listeners, and every line crosses.
+@test "-w 2 -s chat: one room across the rings (MSG_RING): every line to every client, in order, exactly once" {
+	command -v python3 >/dev/null || skip "python3 is needed for the chat client"
+	local i a p m
+	start_server -w 2 -s chat -v
+	grep -q 'room: one for all 2 rings' "$SRV_LOG" || fail "-v does not name the room: $(cat "$SRV_LOG")"
+	run timeout -k 5 120 python3 -S "$top_srcdir/tests/helpers/svcclient.py" chat-many "$SRV_ADDR" 50 20
+	((status == 0)) || fail "$output
+$(tail -n 20 "$SRV_LOG")"
+	stop_server
+	for i in 0 1; do
+		a=$(worker_stat $i accepts) && p=$(worker_stat $i posted) &&
+		    m=$(worker_stat $i mail) || return 1
+		((a > 0 && p > 0 && m > 0)) || fail "worker $i: $a accepts, $p posted, $m mail: $(grep ": worker $i:" "$SRV_LOG")"
+	done
+	# What one ring posts, the other takes from its mailbox, once.
+	(($(worker_stat 0 posted) == $(worker_stat 1 mail))) &&
+	    (($(worker_stat 1 posted) == $(worker_stat 0 mail))) ||
+	    fail "posted and mail differ: $(grep ': worker' "$SRV_LOG")"
+}
+
+# Bytes the server's sockets on port $1 hold unsent: lines on their way.
+server_sendq() { # PORT
+	ss -tnH state established "( sport = :$1 )" |
+	    awk '{ q += $2 } END { exit !(q > 0) }'
+}
+
+@test "-w 2 -s chat: SIGTERM with lines crossing the rings: exit 0 (the mailboxes are freed: ASan builds check it)" {
+	command -v python3 >/dev/null || skip "python3 is needed for the chat client"
+	command -v ss >/dev/null || skip "ss (iproute2) is needed"
+	local out=$BATS_TEST_TMPDIR/burst p
+	start_server -w 2 -s chat -vv
+	# 20 MB to 8 readers: still crossing when the stop comes (whether
+	# the readers keep up does not matter here).
+	timeout -k 5 120 python3 -S "$top_srcdir/tests/helpers/svcclient.py" \
+	    chat-burst "$SRV_ADDR" 20000 1000 8 0 >"$out" 2>&1 3>&- &
+	BG_PIDS+=("$!")
+	wait_until 60 log_count ": open " 9 ||
+	    fail "the clients did not connect: $(cat "$SRV_LOG" "$out")"
+	wait_until 60 server_sendq "${SRV_ADDR##*:}" ||
+	    fail "no output on its way: $(cat "$out")"
+	stop_server
+	p=$(($(worker_stat 0 posted) + $(worker_stat 1 posted)))
+	((p > 0)) || fail "nothing crossed the rings before the stop: $(grep ': worker' "$SRV_LOG")"
+}
+
+@test "-w 2 -s chat without IORING_OP_MSG_RING (--no-msg-ring): exit 64, saying why" {
+	run --separate-stderr without_fd3 timeout 5 "${SERVER_CMD[@]}" -p 0 -w 2 -s chat --no-msg-ring
+	((status == 64)) || fail "exit $status, want 64: $stderr"
+	[[ $stderr == *"cannot broadcast to each other without IORING_OP_MSG_RING"* ]] ||
+	    fail "the message does not say why: $stderr"
+	# Without a room to share, the option changes nothing.
+	start_server -w 2 --no-msg-ring
+	stop_server
+}
+
 @test "io_uring refused by the kernel (seccomp): exit 69 with a message that says so" {
 	command -v python3 >/dev/null || skip "python3 is needed for the seccomp helper"
 	run --separate-stderr without_fd3 timeout 10 "$top_srcdir/tests/helpers/no-uring" \
