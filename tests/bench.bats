@@ -424,6 +424,29 @@ path_without() { # NAME DIR
 	((output >= 5)) || fail "only $output workload tables in summary.md"
 }
 
+@test "report: echo-epoll's listener shapes: each shape and worker count present, positive, counted per worker" {
+	run_report || skip "the report did not run"
+	local f=$BENCH_OUT/data/listeners.csv
+	[[ -s $f ]] || fail "data/listeners.csv missing or empty"
+	# shape,workers,rep,conns_per_s,sched_per_conn,cpu_us_per_conn,regime,errors,accepts,wakeups,empty,busiest_share
+	run awk -F, 'NR == 1 { next }
+	    { k = $1 " -w " $2; if (!(k in seen)) { seen[k] = 1; nk++ }
+	      if (!($4 > 0)) { print k ": no connections per second"; bad = 1 }
+	      if (!($9 > 0 && $10 > 0)) { print k ": no accepts or no wake-ups in the stop report"; bad = 1 }
+	      if (!($12 > 0 && $12 <= 1)) { print k ": busiest worker share " $12; bad = 1 }
+	      if ($8 != 0) { print k ": " $8 " errors"; bad = 1 }
+	      # A listener of its own is never emptied by another worker.
+	      if ($1 == "reuseport" && $11 != 0) { print k ": " $11 " empty wake-ups"; bad = 1 } }
+	    END { if (nk != 6) print nk " shape and worker configurations, want 6"; exit bad || nk != 6 }' "$f"
+	assert_success
+	run sed -n '/^## echo-epoll -w: sharing the port$/,/^## /p' "$BENCH_OUT/summary.md"
+	assert_success
+	(($(grep -cE '^\| [24] \| (reuseport|exclusive|herd) \| [0-9.]+ \|' <<<"$output") == 6)) ||
+		fail "summary.md: no table of the six configurations: $output"
+	command -v gnuplot >/dev/null && check_plot "$BENCH_OUT" listeners
+	true
+}
+
 @test "report: where the time goes: network path and own share, or why not" {
 	run_report || skip "the report did not run"
 	run sed -n '/^## Where the time goes$/,/^## /p' "$BENCH_OUT/summary.md"
