@@ -464,7 +464,7 @@ static const struct srv_model model = {
 	.summary = "Echo server: IO multiplexing with epoll(7), one thread per worker process.",
 	.caps = SRV_CAP_WORKERS | SRV_CAP_BROADCAST,
 	.default_workers = 1,
-	.workers_help = "worker processes, each with its own epoll and SO_REUSEPORT listener (default 1)",
+	.workers_help = "worker processes, each with its own epoll and, unless --shared-listener, its own SO_REUSEPORT listener (default 1)",
 	.options = options,
 	.on_option = on_option,
 };
