@@ -17,10 +17,11 @@
  * (uc_deliver: the same --max-pending and pacing policy).
  *
  * Why not pass the line's pointer in the MSG_RING completion itself:
- *   - order: a MSG_RING to a ring without DEFER_TASKRUN that cannot take
- *     the target's lock at once is retried by a kernel worker thread, and
- *     two of them may then post in any order; a FIFO keeps each talker's
- *     lines in order whatever the kernel does with the doorbells;
+ *   - one doorbell for many lines: while a mailbox is rung and not yet
+ *     emptied, further lines are appended without another request, and
+ *     the FIFO keeps each talker's lines in order however the kernel
+ *     posts (inline under the target's completion lock, or as task work
+ *     on a DEFER_TASKRUN target's thread);
  *   - lifetime: a completion that owns memory must be seen exactly once,
  *     but a target's CQ can overflow or its ring be torn down at stop
  *     with completions still unread.  A mailbox entry has one owner at a
@@ -207,11 +208,17 @@ uroom_post(struct worker *w, const void *buf, size_t len)
 		t->mb.tail = m;
 		t->mb.bytes += len;
 		full = !t->mb.full && t->mb.bytes >= w->s->highwater;
-		if (full)
+		/*
+		 * Counted before the lock is let go: T may take its mail
+		 * and uncount it as soon as we do.  Counted after, the
+		 * count could dip below zero (unsigned: everyone paced)
+		 * and come back to zero with nobody told to resume.
+		 */
+		if (full) {
 			t->mb.full = 1;
-		pthread_mutex_unlock(&t->mb.mu);
-		if (full)
 			atomic_fetch_add(&w->sh->congested, 1);
+		}
+		pthread_mutex_unlock(&t->mb.mu);
 		w->st.posted++;
 		uroom_ring(w, t);
 	}

@@ -550,11 +550,19 @@ main(int argc, char **argv)
 		 * One room across the rings needs IORING_OP_MSG_RING (5.18).
 		 * Without io_uring at all, the ring's set-up says so (69).
 		 */
-		if (cfg.no_msg_ring || uroom_probe() == 0)
+		if (cfg.no_msg_ring)
 			srv_usage_error(&s, "-s %s with -w above 1: the workers' "
 			    "rings cannot broadcast to each other without "
-			    "IORING_OP_MSG_RING (Linux 5.18)%s", s.svc->name,
-			    cfg.no_msg_ring ? ", and --no-msg-ring is given" : "");
+			    "IORING_OP_MSG_RING (Linux 5.18), and --no-msg-ring "
+			    "is given", s.svc->name);
+		/* A command line that is fine, on a kernel without it. */
+		if (uroom_probe() == 0) {
+			srv_warn(&s, "-s %s with -w above 1: the workers' rings "
+			    "cannot broadcast to each other: this kernel has no "
+			    "IORING_OP_MSG_RING (Linux 5.18); use -w 1",
+			    s.svc->name);
+			return SRV_EX_UNAVAILABLE;
+		}
 		sh.room = 1;
 	}
 	srv_raise_nofile(&s);

@@ -157,6 +157,11 @@ reg_pace(struct registry *r, struct reg_member *self)
 	int64_t wait;
 
 	self->pacing = 1;
+	/*
+	 * Others waiting on us may stop now (a pacing member does not hold
+	 * anyone up): tell them, or they sleep out their timeout.
+	 */
+	pthread_cond_broadcast(&r->cv);
 	while (!srv_stop && (wait = reg_congested(r, self)) > 0) {
 		srv_deadline(&ts, (int)wait);
 		pthread_cond_timedwait(&r->cv, &r->mu, &ts);

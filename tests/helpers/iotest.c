@@ -1000,6 +1000,7 @@ cmd_idle(void)
 	struct client *cs = clients_new((size_t)n);
 	unsigned count[4] = { 0 };
 	const char *first = NULL;
+	int64_t end;
 
 	catch_release();
 	eng.tolerant = opt.tolerant;
@@ -1007,9 +1008,6 @@ cmd_idle(void)
 		cs[i].len = 1;
 		cs[i].keep = 1;
 	}
-	/* The pings get their own, shorter deadline when some may stay unanswered. */
-	if (opt.tolerant && opt.ping_ms < remaining_ms())
-		deadline = tool_now_ms() + opt.ping_ms;
 	/*
 	 * Open them in waves smaller than the servers' default backlog (511).
 	 * Thousands of handshakes at once overflow the accept queue of a
@@ -1019,8 +1017,17 @@ cmd_idle(void)
 	 * is answered with a reset.  That is TCP's listen queue, not the
 	 * model; what is tested here is holding the connections.
 	 */
-	for (i = 0; i < n; i += IDLE_WAVE)
+	end = deadline;
+	for (i = 0; i < n; i += IDLE_WAVE) {
+		/*
+		 * The pings get their own, shorter deadline when some may
+		 * stay unanswered: each wave its own.
+		 */
+		deadline = end;
+		if (opt.tolerant && opt.ping_ms < remaining_ms())
+			deadline = tool_now_ms() + opt.ping_ms;
 		engine_run(cs + i, (size_t)(n - i < IDLE_WAVE ? n - i : IDLE_WAVE), 1);
+	}
 	for (i = 0; i < n; i++) {
 		count[cs[i].result]++;
 		if (cs[i].result != R_SERVED && first == NULL)
