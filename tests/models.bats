@@ -531,7 +531,7 @@ epoll_report() { # LOG
 	echo "# echo-coro: RSS $rss0 -> $rss1 KiB with $n parked coroutines: $per bytes each" >&3
 	# One stack page and the struct, measured 4.4 KiB; a sanitizer build
 	# adds its shadow and redzones, so the bound holds for a plain build.
-	if ! grep -q '^SAN_CFLAGS = .*sanitize' "$top_builddir/Makefile"; then
+	if ! sanitized; then
 		((per < 8192)) || fail "$per bytes per parked coroutine (want < 8 KiB)"
 	fi
 	run iotest echo -d "still here" "$SRV_ADDR"

@@ -254,7 +254,7 @@ amplify_limit() {
 	# costs each process about 8 MiB before it holds anything, so fork's
 	# eight children alone pass 64 MiB there: allow that, per process.
 	local san=0
-	if grep -q '^SAN_CFLAGS = .*sanitize' "$top_builddir/Makefile"; then
+	if sanitized; then
 		san=$((9 * 8192))
 	fi
 	for m in $(rpc_models); do

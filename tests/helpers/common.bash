@@ -78,6 +78,11 @@ proc_alive() { # PID
 
 proc_dead() { ! proc_alive "$1"; }
 
+# sanitized: true when the build under test has AddressSanitizer (configure
+# --enable-sanitizers).  Its runtime costs each process memory up front and
+# a leak scan at exit: bounds on memory and on the time to exit allow it.
+sanitized() { grep -q '^SAN_CFLAGS = .*sanitize' "$top_builddir/Makefile" 2>/dev/null; }
+
 # Processes in process group PGID (the server and everything it forked).
 group_pids() { # PGID
 	pgrep -g "$1" 2>/dev/null || true
